@@ -1,0 +1,60 @@
+"""The ``kseg`` command.
+
+``kseg segment`` runs the engine alone; ``kseg run`` drives the Dagster pipeline.
+Only ``argparse`` is imported up front: each sub-command imports what it needs, so
+``kseg segment`` never pays for importing Dagster.
+"""
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from pipeline.cli import add_segment_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="kseg", description="Segment images by K-means clustering of their pixels."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    seg = sub.add_parser(
+        "segment", help="segment image files with the engine alone (no Dagster)",
+        description="Sweep K, choose K at the elbow of the WCSS curve, and segment each image.",
+    )  # fmt: skip
+    add_segment_arguments(seg)
+    run = sub.add_parser(
+        "run", help="register an incoming folder's images and materialise them through Dagster",
+        description="Register every image of the incoming folder as a partition and "
+        "materialise the new and stale ones through Dagster, recording runs in the "
+        "project's Dagster instance.",
+    )  # fmt: skip
+    run.add_argument(
+        "--incoming",
+        default=None,
+        metavar="DIR",
+        help="incoming folder (default: $KSEG_INCOMING_DIR or data/incoming)",
+    )
+    run.add_argument(
+        "--all",
+        action="store_true",
+        dest="all_",
+        help="materialise every image (unchanged steps are cache hits)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kseg`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "segment":
+        from pipeline.cli import segment_command
+
+        return segment_command(args)
+    from assets.run import run_command
+
+    return run_command(incoming=args.incoming, all_=args.all_)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

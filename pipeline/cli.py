@@ -1,0 +1,234 @@
+"""``kseg segment``: the engine from the command line, no Dagster involved.
+
+For each image it writes, into ``OUT/<image stem>/``: ``segmented.png``,
+``labels.png``, ``overlay.png``, ``segments.parquet``, ``elbow.parquet``,
+``elbow.png`` and, last, ``summary.json``. Every file is written atomically, so an
+interrupted run never leaves a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import KsegError
+
+__all__ = ["add_segment_arguments", "segment_command"]
+
+
+def _k_arg(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {value!r}") from None
+    return k
+
+
+def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``segment`` sub-command's options to ``parser``."""
+    from .images import DEFAULT_MAX_PIXELS
+    from .settings import SegmentSettings
+
+    d = SegmentSettings()
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to segment")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="output folder (one sub-folder per image)",
+    )
+    parser.add_argument(
+        "--k",
+        type=_k_arg,
+        default=None,
+        metavar="auto|N",
+        help="number of segments, or 'auto' to choose at the elbow (default)",
+    )
+    parser.add_argument("--k-min", type=int, default=d.k_min, help="smallest K to consider")
+    parser.add_argument("--k-max", type=int, default=d.k_max, help="largest K to consider")
+    parser.add_argument(
+        "--features",
+        default=d.features,
+        choices=("rgb", "lab", "hsv"),
+        help="colour space of the clustering features (default: lab)",
+    )
+    parser.add_argument(
+        "--spatial-weight",
+        type=float,
+        default=d.spatial_weight,
+        metavar="W",
+        help="weight of pixel position features (0: colour only)",
+    )
+    parser.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    parser.add_argument(
+        "--min-strength",
+        type=float,
+        default=d.min_strength,
+        help="elbow strength below which there is 'no clear elbow'",
+    )
+    parser.add_argument(
+        "--fallback",
+        default=d.fallback,
+        choices=("variance", "knee"),
+        help="rule used when there is no clear elbow",
+    )
+    parser.add_argument(
+        "--variance-target",
+        type=float,
+        default=d.variance_target,
+        help="explained-variance share for the 'variance' fallback",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse images with more pixels than this",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array (one object per image) instead of a table",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _out_dirs(paths: list[str], out: Path) -> list[Path]:
+    """One output folder per image, named by stem; repeated stems get -2, -3, ..."""
+    seen: dict[str, int] = {}
+    dirs = []
+    for p in paths:
+        stem = Path(p).stem or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        dirs.append(out / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
+    return dirs
+
+
+def _segment_one(path: str, out_dir: Path, settings: Any, max_pixels: int) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    from .images import load_image
+    from .io import atomic_write, atomic_write_bytes
+    from .plots import elbow_plot_png
+    from .render import boundary_overlay, encode_png, segment_table
+    from .segment import segment_image
+    from .sweep import sweep_to_arrow
+
+    started = time.perf_counter()
+    image = load_image(path, max_pixels=max_pixels)
+    result = segment_image(image.rgb, settings)
+    seg = result.segmentation
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {
+        "segmented": out_dir / "segmented.png",
+        "labels": out_dir / "labels.png",
+        "overlay": out_dir / "overlay.png",
+        "segments": out_dir / "segments.parquet",
+        "elbow": out_dir / "elbow.parquet",
+        "elbow_plot": out_dir / "elbow.png",
+        "summary": out_dir / "summary.json",
+    }
+    atomic_write_bytes(outputs["segmented"], encode_png(seg.segmented))
+    atomic_write_bytes(outputs["labels"], encode_png(seg.labels))
+    atomic_write_bytes(outputs["overlay"], encode_png(boundary_overlay(image.rgb, seg.labels)))
+    with atomic_write(outputs["segments"]) as tmp:
+        pq.write_table(_arrow(segment_table(image.rgb, seg.labels)), tmp, compression="zstd")
+    with atomic_write(outputs["elbow"]) as tmp:
+        pq.write_table(sweep_to_arrow(result.sweep), tmp, compression="zstd")
+    atomic_write_bytes(outputs["elbow_plot"], elbow_plot_png(result.sweep.table, result.choice))
+    table = result.sweep.table
+    at_k = (
+        table.loc[table["k_effective"] == seg.k].iloc[0]
+        if seg.k in set(table["k_effective"])
+        else None
+    )
+    summary = {
+        "image": path,
+        "width": image.width,
+        "height": image.height,
+        "n_colours": result.sweep.n_colours,
+        "features": settings.features,
+        "k": seg.k,
+        "reason": result.choice.reason,
+        "method": result.choice.method,
+        "rule": result.choice.rule,
+        "knee_strength": round(result.choice.strength, 4),
+        "detail": result.choice.detail,
+        "k_values": result.sweep.k_values,
+        "wcss": result.sweep.wcss,
+        "explained_variance": None if at_k is None else float(at_k["explained_variance"]),
+        "wcss_at_k": seg.wcss,
+        "image_notes": list(image.notes),
+        "seconds": round(time.perf_counter() - started, 3),
+        "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+        "outputs": {k: str(v) for k, v in outputs.items()},
+    }
+    atomic_write_bytes(outputs["summary"], json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _arrow(frame: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"{'image':<32} {'size':>11} {'colours':>8} {'K':>3} {'strength':>8}  "
+        f"{'reason':<15} {'s':>6}"
+    )
+    for r in rows:
+        size = f"{r['width']}x{r['height']}"
+        name = r["image"] if len(r["image"]) <= 32 else "…" + r["image"][-31:]
+        print(
+            f"{name:<32} {size:>11} {r['n_colours']:>8} {r['k']:>3} "
+            f"{r['knee_strength']:>8.2f}  {r['reason']:<15} {r['seconds']:>6.2f}"
+        )
+
+
+def segment_command(args: argparse.Namespace) -> int:
+    """Run ``kseg segment`` with parsed arguments; return the exit code.
+
+    0 when every image was segmented, 1 when some failed (each failure is one line
+    on stderr naming the file and the reason), 2 for invalid settings.
+    """
+    from .settings import SegmentSettings
+
+    try:
+        settings = SegmentSettings(
+            k_min=args.k_min, k_max=args.k_max, features=args.features,
+            spatial_weight=args.spatial_weight, seed=args.seed, k_override=args.k,
+            min_strength=args.min_strength, fallback=args.fallback,
+            variance_target=args.variance_target,
+        ).validate()  # fmt: skip
+    except KsegError as exc:
+        print(f"kseg: error: {exc}", file=sys.stderr)
+        return 2
+    rows, failed = [], 0
+    dirs = _out_dirs(args.images, args.out)
+    for i, (path, out_dir) in enumerate(zip(args.images, dirs, strict=True), start=1):
+        if not args.quiet and len(args.images) > 1:
+            print(f"[{i}/{len(args.images)}] {path}", file=sys.stderr, flush=True)
+        try:
+            rows.append(_segment_one(path, out_dir, settings, args.max_pixels))
+        except KsegError as exc:
+            failed += 1
+            print(f"kseg: error: {exc}", file=sys.stderr, flush=True)
+        except OSError as exc:  # e.g. the output folder is not writable
+            failed += 1
+            print(f"kseg: error: {path}: cannot write outputs ({exc})", file=sys.stderr)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif rows:
+        _print_table(rows)
+    if failed:
+        print(f"kseg: {failed} of {len(args.images)} image(s) failed", file=sys.stderr)
+    return 1 if failed else 0

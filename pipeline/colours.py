@@ -1,0 +1,161 @@
+"""Colour histograms and colour-space conversion of distinct colours.
+
+A photo has far fewer distinct colours than pixels. Every stage that depends only
+on a pixel's colour (colour-space conversion, K-means on colour features, label
+assignment) is therefore done once per distinct colour and broadcast back to the
+pixels through an index; the results are exactly those of a per-pixel computation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "COLOUR_CHANNELS",
+    "COLOUR_SPANS",
+    "ColourHistogram",
+    "colour_histogram",
+    "convert_colours",
+    "pack_rgb",
+]
+
+#: Column names of each colour space's channels in feature tables.
+COLOUR_CHANNELS: dict[str, tuple[str, str, str]] = {
+    "rgb": ("r", "g", "b"),
+    "lab": ("lab_l", "lab_a", "lab_b"),
+    "hsv": ("hsv_h", "hsv_s", "hsv_v"),
+}
+#: Nominal span of each colour space's first channel, used to scale position features.
+COLOUR_SPANS: dict[str, float] = {"rgb": 255.0, "lab": 100.0, "hsv": 1.0}
+
+# Below this many pixels np.unique on packed keys beats a 2**24-bin bincount,
+# whose allocation alone costs 0.1-0.2 s (measured, see PERF_NOTES).
+_BINCOUNT_MIN_PIXELS = 2_000_000
+_N_KEYS = 1 << 24
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Pack RGB triplets into 24-bit integer keys.
+
+    Parameters
+    ----------
+    rgb : (..., 3) ndarray of uint8
+
+    Returns
+    -------
+    keys : (...) ndarray of uint32
+        ``r << 16 | g << 8 | b``.
+    """
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    # Lay the bytes out as little-endian uint32 (b, g, r, 0) and view them: one copy
+    # instead of three widening casts and shifts (about 8x faster at 12 MP).
+    padded = np.zeros((*rgb.shape[:-1], 4), dtype=np.uint8)
+    padded[..., :3] = rgb[..., ::-1]
+    keys = padded.view("<u4")[..., 0]
+    return keys
+
+
+@dataclass(frozen=True)
+class ColourHistogram:
+    """The distinct colours of an image and how many pixels have each.
+
+    Attributes
+    ----------
+    colours : (M, 3) ndarray of uint8
+        Distinct colours, sorted by their packed 24-bit key.
+    counts : (M,) ndarray of int64
+        Pixels of each colour; sums to ``n_pixels``.
+    shape : tuple of int
+        ``(height, width)`` of the image the histogram was taken from.
+    """
+
+    colours: np.ndarray
+    counts: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def n_colours(self) -> int:
+        """Number of distinct colours, M."""
+        return int(self.colours.shape[0])
+
+    @property
+    def n_pixels(self) -> int:
+        """Number of pixels, ``height * width``."""
+        return int(self.shape[0] * self.shape[1])
+
+    def pixel_index(self, rgb: np.ndarray) -> np.ndarray:
+        """Index of each pixel's colour in :attr:`colours`.
+
+        Parameters
+        ----------
+        rgb : (H, W, 3) ndarray of uint8
+            The image this histogram was taken from.
+
+        Returns
+        -------
+        index : (H, W) ndarray of int32
+        """
+        keys = pack_rgb(rgb)
+        colour_keys = pack_rgb(self.colours)
+        if keys.size >= _BINCOUNT_MIN_PIXELS:
+            lut = np.zeros(_N_KEYS, dtype=np.int32)
+            lut[colour_keys] = np.arange(colour_keys.size, dtype=np.int32)
+            return lut[keys]
+        return np.searchsorted(colour_keys, keys).astype(np.int32)
+
+
+def colour_histogram(rgb: np.ndarray) -> ColourHistogram:
+    """Collapse an image to its distinct colours with their pixel counts.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) ndarray of uint8
+
+    Returns
+    -------
+    ColourHistogram
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
+    keys = pack_rgb(rgb).ravel()
+    if keys.size >= _BINCOUNT_MIN_PIXELS:
+        all_counts = np.bincount(keys, minlength=_N_KEYS)
+        distinct = np.flatnonzero(all_counts).astype(np.uint32)
+        counts = all_counts[distinct].astype(np.int64)
+    else:
+        distinct, counts = np.unique(keys, return_counts=True)
+        counts = counts.astype(np.int64)
+    colours = np.empty((distinct.size, 3), dtype=np.uint8)
+    colours[:, 0] = distinct >> 16
+    colours[:, 1] = (distinct >> 8) & 0xFF
+    colours[:, 2] = distinct & 0xFF
+    return ColourHistogram(colours=colours, counts=counts, shape=(rgb.shape[0], rgb.shape[1]))
+
+
+def convert_colours(colours: np.ndarray, space: str) -> np.ndarray:
+    """Express 8-bit RGB colours in a colour space.
+
+    Parameters
+    ----------
+    colours : (M, 3) ndarray of uint8
+    space : {"rgb", "lab", "hsv"}
+        ``rgb``: channels 0-255. ``lab``: CIE L*a*b* under D65 (scikit-image), L in
+        0-100. ``hsv``: hue, saturation, value in 0-1 (scikit-image).
+
+    Returns
+    -------
+    features : (M, 3) ndarray of float64
+    """
+    colours = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
+    if space == "rgb":
+        return colours.astype(np.float64)
+    from skimage import color  # imported lazily: scikit-image costs ~0.3 s to import
+
+    as_image = colours.reshape(-1, 1, 3)
+    if space == "lab":
+        return color.rgb2lab(as_image).reshape(-1, 3)
+    if space == "hsv":
+        return color.rgb2hsv(as_image).reshape(-1, 3)
+    raise ValueError(f"unknown colour space {space!r}; expected one of {sorted(COLOUR_CHANNELS)}")

@@ -1,0 +1,245 @@
+"""Turn cluster centres into a segmentation: labels, painted image, overlay, table.
+
+Labels are ordered by the lightness (CIE L*) of each segment's mean colour, darkest
+first, ties broken by a* then b*, so the same image and centres always give the
+same label numbers.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .colours import ColourHistogram, colour_histogram, convert_colours
+from .settings import SegmentSettings
+from .sweep import assign_labels
+
+__all__ = [
+    "SEGMENT_COLUMNS",
+    "Segmentation",
+    "boundary_overlay",
+    "decode_png",
+    "encode_png",
+    "preview_png",
+    "segment",
+    "segment_table",
+    "thumbnail",
+]
+
+#: Columns of :func:`segment_table`, in order.
+SEGMENT_COLUMNS = (
+    "label", "pixel_count", "share", "mean_r", "mean_g", "mean_b",
+    "mean_lab_l", "mean_lab_a", "mean_lab_b", "centroid_x", "centroid_y",
+    "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "n_components",
+)  # fmt: skip
+
+_BOUNDARY_COLOUR = np.array([255, 0, 255], dtype=np.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class Segmentation:
+    """A segmented image.
+
+    Attributes
+    ----------
+    labels : (H, W) ndarray of uint8 (uint16 when K > 255)
+        Segment of each pixel, exactly ``0 .. k-1``, darkest segment first.
+    colours : (k, 3) ndarray of uint8
+        Mean RGB colour of each segment's pixels.
+    segmented : (H, W, 3) ndarray of uint8
+        Each pixel painted with its segment's mean colour.
+    k : int
+        Number of segments (non-empty clusters).
+    wcss : float
+        Sum of squared distances of every pixel to its cluster centre (feature units).
+    """
+
+    labels: np.ndarray
+    colours: np.ndarray
+    segmented: np.ndarray
+    k: int
+    wcss: float
+
+
+def _segment_sums(
+    rgb: np.ndarray, labels: np.ndarray, hist: ColourHistogram, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel count, mean RGB and mean Lab of each label, exact, via colour pairs."""
+    index = hist.pixel_index(rgb).ravel().astype(np.int64)
+    pair = np.bincount(index * k + labels.ravel(), minlength=hist.n_colours * k)
+    pair = pair.reshape(hist.n_colours, k).astype(np.float64)
+    counts = pair.sum(axis=0)
+    safe = np.maximum(counts, 1)[:, None]
+    mean_rgb = pair.T @ hist.colours.astype(np.float64) / safe
+    mean_lab = pair.T @ convert_colours(hist.colours, "lab") / safe
+    return counts, mean_rgb, mean_lab
+
+
+def segment(rgb: np.ndarray, centres: np.ndarray, settings: SegmentSettings) -> Segmentation:
+    """Assign every pixel to its nearest centre and paint the segments.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) ndarray of uint8
+    centres : (K, D) ndarray of float64
+        Cluster centres in the feature space of ``settings``.
+    settings : SegmentSettings
+
+    Returns
+    -------
+    Segmentation
+        Empty clusters are dropped, so ``k`` may be below ``len(centres)``.
+    """
+    hist = colour_histogram(rgb)
+    raw, wcss = assign_labels(
+        rgb, centres, features=settings.features,
+        spatial_weight=settings.spatial_weight, hist=hist,
+    )  # fmt: skip
+    k_in = centres.shape[0]
+    counts, mean_rgb, mean_lab = _segment_sums(rgb, raw, hist, k_in)
+    present = np.flatnonzero(counts > 0)
+    order = present[np.lexsort((mean_lab[present, 2], mean_lab[present, 1], mean_lab[present, 0]))]
+    dtype = np.uint8 if order.size <= 256 else np.uint16
+    remap = np.zeros(k_in, dtype=dtype)
+    remap[order] = np.arange(order.size, dtype=dtype)
+    labels = remap[raw]
+    colours = np.clip(np.rint(mean_rgb[order]), 0, 255).astype(np.uint8)
+    return Segmentation(
+        labels=labels, colours=colours, segmented=colours[labels], k=int(order.size), wcss=wcss
+    )
+
+
+def boundary_overlay(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The original image with segment boundaries drawn in magenta.
+
+    A pixel is on a boundary when its right or lower neighbour has another label.
+    (scikit-image's ``mark_boundaries`` gives the same picture but converts to
+    float and dilates, several times slower at 12 megapixels.)
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) ndarray of uint8
+    labels : (H, W) ndarray of int
+
+    Returns
+    -------
+    (H, W, 3) ndarray of uint8
+    """
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    out = np.array(rgb, copy=True)
+    out[edge] = _BOUNDARY_COLOUR
+    return out
+
+
+def _component_counts(labels: np.ndarray, k: int) -> np.ndarray:
+    """Number of 4-connected components of each label, in one labelling pass."""
+    from skimage.measure import label as connected
+
+    # background=-1 is a value no label has, so every segment is labelled.
+    components, n = connected(
+        labels.astype(np.int32), background=-1, connectivity=1, return_num=True
+    )
+    owner = np.zeros(n + 1, dtype=np.int64)
+    owner[components.ravel()] = labels.ravel()
+    return np.bincount(owner[1:], minlength=k)
+
+
+def segment_table(rgb: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """One row per segment: size, mean colour, centroid, bounding box, components.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) ndarray of uint8
+    labels : (H, W) ndarray of int
+        Labels ``0 .. k-1``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns of :data:`SEGMENT_COLUMNS`. Bounding boxes are half-open
+        (``x1``, ``y1`` exclusive); components use 4-connectivity.
+    """
+    height, width = labels.shape
+    k = int(labels.max()) + 1
+    hist = colour_histogram(rgb)
+    counts, mean_rgb, mean_lab = _segment_sums(rgb, labels, hist, k)
+    lab64 = labels.astype(np.int64)
+    rows = np.bincount((lab64 + k * np.arange(height)[:, None]).ravel(), minlength=height * k)
+    cols = np.bincount((lab64 + k * np.arange(width)[None, :]).ravel(), minlength=width * k)
+    rows = rows.reshape(height, k)
+    cols = cols.reshape(width, k)
+    safe = np.maximum(counts, 1)
+    n_components = _component_counts(labels, k)
+    records = {
+        "label": np.arange(k, dtype=np.int64),
+        "pixel_count": counts.astype(np.int64),
+        "share": counts / labels.size,
+        "mean_r": mean_rgb[:, 0], "mean_g": mean_rgb[:, 1], "mean_b": mean_rgb[:, 2],
+        "mean_lab_l": mean_lab[:, 0], "mean_lab_a": mean_lab[:, 1], "mean_lab_b": mean_lab[:, 2],
+        "centroid_x": (np.arange(width) @ cols) / safe,
+        "centroid_y": (np.arange(height) @ rows) / safe,
+        "bbox_x0": np.argmax(cols > 0, axis=0),
+        "bbox_y0": np.argmax(rows > 0, axis=0),
+        "bbox_x1": width - np.argmax(cols[::-1] > 0, axis=0),
+        "bbox_y1": height - np.argmax(rows[::-1] > 0, axis=0),
+        "n_components": n_components,
+    }  # fmt: skip
+    return pd.DataFrame(records, columns=list(SEGMENT_COLUMNS))
+
+
+def encode_png(array: np.ndarray, *, compress_level: int = 3) -> bytes:
+    """Encode an (H, W) or (H, W, 3) uint8/uint16 array as PNG bytes (lossless).
+
+    A low zlib level is used: at 12 megapixels level 6 costs about twice the time
+    for files 5-10% smaller.
+    """
+    from PIL import Image
+
+    arr = np.ascontiguousarray(array)
+    if arr.dtype == np.uint16:
+        image = Image.fromarray(arr.astype(np.uint16), mode="I;16")
+    else:
+        image = Image.fromarray(arr)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Decode PNG bytes written by :func:`encode_png` back to the same array."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode in ("I;16", "I;16B", "I"):
+            return np.asarray(image, dtype=np.uint16).copy()
+        return np.asarray(image).copy()
+
+
+def thumbnail(rgb: np.ndarray, *, height: int = 160) -> np.ndarray:
+    """A downscaled copy at most ``height`` pixels high (never upscaled)."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    if h <= height:
+        return np.asarray(rgb)
+    new_w = max(1, round(w * height / h))
+    return np.asarray(
+        Image.fromarray(np.ascontiguousarray(rgb)).resize(
+            (new_w, height), Image.Resampling.BILINEAR
+        )
+    )
+
+
+def preview_png(
+    original: np.ndarray, segmented: np.ndarray, overlay: np.ndarray, *, height: int = 160
+) -> bytes:
+    """A small side-by-side PNG: original | segmented | boundary overlay."""
+    tiles = [thumbnail(a, height=height) for a in (original, segmented, overlay)]
+    gap = np.full((tiles[0].shape[0], 4, 3), 255, dtype=np.uint8)
+    strip = np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1)
+    return encode_png(strip, compress_level=9)

@@ -1,0 +1,85 @@
+"""The whole engine for one image: sweep K, choose K, segment."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .elbow import ElbowChoice, choose_k
+from .render import Segmentation, segment
+from .settings import SegmentSettings
+from .sweep import SweepResult, sweep
+
+__all__ = ["SegmentationResult", "centres_for", "choose_for_sweep", "segment_image"]
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationResult:
+    """Sweep, choice and segmentation of one image.
+
+    Attributes
+    ----------
+    sweep : SweepResult
+    choice : ElbowChoice
+    segmentation : Segmentation
+    seconds : dict of str to float
+        Wall time of each stage (``sweep``, ``choice``, ``segment``).
+    """
+
+    sweep: SweepResult
+    choice: ElbowChoice
+    segmentation: Segmentation
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def choose_for_sweep(result: SweepResult, settings: SegmentSettings) -> ElbowChoice:
+    """Choose K from a sweep, capping K at the distinct points the sweep found."""
+    n_distinct = int(result.table["k_effective"].max())
+    saturated = bool((result.table["k_effective"] < result.table["k"]).any())
+    return choose_k(
+        result.k_values, result.wcss, settings, n_distinct=n_distinct if saturated else None
+    )
+
+
+def centres_for(result: SweepResult, k: int) -> np.ndarray:
+    """The centres the sweep found for ``k`` clusters (or for a K capped to ``k``).
+
+    Raises
+    ------
+    KeyError
+        If no swept K produced ``k`` clusters.
+    """
+    rows = result.table.loc[result.table["k_effective"] == k, "k"]
+    if rows.empty:
+        raise KeyError(f"the sweep has no fit with {k} clusters (swept {result.k_values})")
+    return result.centres[int(rows.iloc[0])]
+
+
+def segment_image(rgb: np.ndarray, settings: SegmentSettings) -> SegmentationResult:
+    """Sweep K, choose K at the elbow (or as configured) and segment the image.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) ndarray of uint8
+    settings : SegmentSettings
+
+    Returns
+    -------
+    SegmentationResult
+    """
+    settings.validate()
+    t0 = time.perf_counter()
+    result = sweep(rgb, settings)
+    t1 = time.perf_counter()
+    choice = choose_for_sweep(result, settings)
+    t2 = time.perf_counter()
+    segmentation = segment(rgb, centres_for(result, choice.k), settings)
+    t3 = time.perf_counter()
+    return SegmentationResult(
+        sweep=result,
+        choice=choice,
+        segmentation=segmentation,
+        seconds={"sweep": t1 - t0, "choice": t2 - t1, "segment": t3 - t2},
+    )
