@@ -138,7 +138,9 @@ def _segment_one(path: str, out_dir: Path, settings: Any, max_pixels: int) -> di
     atomic_write_bytes(outputs["labels"], encode_png(seg.labels))
     atomic_write_bytes(outputs["overlay"], encode_png(boundary_overlay(image.rgb, seg.labels)))
     with atomic_write(outputs["segments"]) as tmp:
-        pq.write_table(_arrow(segment_table(image.rgb, seg.labels)), tmp, compression="zstd")
+        pq.write_table(
+            _arrow(segment_table(image.rgb, seg.labels, hist=result.hist)), tmp, compression="zstd"
+        )
     with atomic_write(outputs["elbow"]) as tmp:
         pq.write_table(sweep_to_arrow(result.sweep), tmp, compression="zstd")
     atomic_write_bytes(outputs["elbow_plot"], elbow_plot_png(result.sweep.table, result.choice))

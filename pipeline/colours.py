@@ -30,9 +30,9 @@ COLOUR_CHANNELS: dict[str, tuple[str, str, str]] = {
 #: Nominal span of each colour space's first channel, used to scale position features.
 COLOUR_SPANS: dict[str, float] = {"rgb": 255.0, "lab": 100.0, "hsv": 1.0}
 
-# Below this many pixels np.unique on packed keys beats a 2**24-bin bincount,
-# whose allocation alone costs 0.1-0.2 s (measured, see PERF_NOTES).
-_BINCOUNT_MIN_PIXELS = 2_000_000
+# From this many pixels on, mapping pixels to colours goes through a lookup table
+# over all 2**24 colours (one gather) rather than a binary search per pixel.
+_LUT_MIN_PIXELS = 2_000_000
 _N_KEYS = 1 << 24
 
 
@@ -99,11 +99,34 @@ class ColourHistogram:
         """
         keys = pack_rgb(rgb)
         colour_keys = pack_rgb(self.colours)
-        if keys.size >= _BINCOUNT_MIN_PIXELS:
+        if keys.size >= _LUT_MIN_PIXELS:
             lut = np.zeros(_N_KEYS, dtype=np.int32)
             lut[colour_keys] = np.arange(colour_keys.size, dtype=np.int32)
             return lut[keys]
         return np.searchsorted(colour_keys, keys).astype(np.int32)
+
+    def broadcast(self, rgb: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Give every pixel the value of its colour.
+
+        Parameters
+        ----------
+        rgb : (H, W, 3) ndarray of uint8
+            The image this histogram was taken from.
+        values : (M,) ndarray
+            One value per distinct colour (e.g. a cluster label).
+
+        Returns
+        -------
+        (H, W) ndarray of ``values.dtype``
+        """
+        keys = pack_rgb(rgb)
+        colour_keys = pack_rgb(self.colours)
+        if keys.size >= _LUT_MIN_PIXELS:
+            # A lookup table over every 24-bit colour: one gather, no per-pixel index.
+            lut = np.zeros(_N_KEYS, dtype=values.dtype)
+            lut[colour_keys] = values
+            return lut[keys]
+        return values[np.searchsorted(colour_keys, keys)]
 
 
 def colour_histogram(rgb: np.ndarray) -> ColourHistogram:
@@ -119,14 +142,16 @@ def colour_histogram(rgb: np.ndarray) -> ColourHistogram:
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
-    keys = pack_rgb(rgb).ravel()
-    if keys.size >= _BINCOUNT_MIN_PIXELS:
-        all_counts = np.bincount(keys, minlength=_N_KEYS)
-        distinct = np.flatnonzero(all_counts).astype(np.uint32)
-        counts = all_counts[distinct].astype(np.int64)
-    else:
-        distinct, counts = np.unique(keys, return_counts=True)
-        counts = counts.astype(np.int64)
+    # Sorting the packed keys (numpy's SIMD sort: 0.06 s at 12 MP) and cutting the
+    # runs beats a 2**24-bin bincount (0.6 s, random writes into 128 MB).
+    keys = np.sort(pack_rgb(rgb).ravel())
+    starts = np.empty(keys.size, dtype=bool)
+    starts[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=starts[1:])
+    first = np.flatnonzero(starts)
+    distinct = keys[first]
+    counts = np.diff(np.append(first, keys.size)).astype(np.int64)
+    del keys, starts
     colours = np.empty((distinct.size, 3), dtype=np.uint8)
     colours[:, 0] = distinct >> 16
     colours[:, 1] = (distinct >> 8) & 0xFF

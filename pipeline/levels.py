@@ -1,7 +1,8 @@
 """Coarse-to-fine colour levels for a fast, exactly evaluated K-means sweep.
 
 The distinct colours of an image are grouped into *bins* by the top bits of each
-RGB channel (6 bits: up to 262,144 bins; 5 bits: up to 32,768). A bin is
+RGB channel (6 bits: up to 262,144 bins; 5 bits: up to 32,768; 4 bits: up to
+4,096). A bin is
 represented by the weighted mean of its members' features, so fitting K-means
 on bins optimises a close proxy of the exact objective at a fraction of the cost.
 
@@ -97,8 +98,8 @@ class ColourLevels:
         Features of the distinct colours.
     weights : (M,) ndarray of float64
         Pixel count of each distinct colour.
-    fine, coarse : _Bins
-        6-bit and 5-bit bins of the distinct colours.
+    fine, coarse, seeds : _Bins
+        6-bit, 5-bit and 4-bit bins of the distinct colours.
     total_ss : float
         Total sum of squares about the weighted mean (= WCSS at K=1), exact.
     """
@@ -107,6 +108,7 @@ class ColourLevels:
     weights: np.ndarray
     fine: _Bins
     coarse: _Bins
+    seeds: _Bins
     total_ss: float
 
     @property
@@ -150,7 +152,7 @@ class ColourLevels:
 
 
 def build_levels(hist: ColourHistogram, points: np.ndarray) -> ColourLevels:
-    """Build the exact, fine (6-bit) and coarse (5-bit) levels of a colour histogram.
+    """Build the exact, fine (6-bit), coarse (5-bit) and seed (4-bit) levels.
 
     Parameters
     ----------
@@ -166,4 +168,6 @@ def build_levels(hist: ColourHistogram, points: np.ndarray) -> ColourLevels:
     mean = (weights @ points) / weights.sum()
     diff = points - mean
     total = float(weights @ np.einsum("ij,ij->i", diff, diff))
-    return ColourLevels(points, weights, _bin(hist, points, 6), _bin(hist, points, 5), total)
+    return ColourLevels(
+        points, weights, _bin(hist, points, 6), _bin(hist, points, 5), _bin(hist, points, 4), total
+    )

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .colours import ColourHistogram, colour_histogram, convert_colours
+from .levels import nearest_centres
 from .settings import SegmentSettings
 from .sweep import assign_labels
 
@@ -64,6 +65,26 @@ class Segmentation:
     wcss: float
 
 
+def _weighted_means(
+    labels: np.ndarray, weights: np.ndarray, colours: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Total weight, mean RGB and mean Lab of each label, from weighted colours."""
+    counts = np.bincount(labels, weights=weights, minlength=k)
+    safe = np.maximum(counts, 1)[:, None]
+    rgb = colours.astype(np.float64)
+    lab = convert_colours(colours, "lab")
+
+    def means(values: np.ndarray) -> np.ndarray:
+        return (
+            np.column_stack(
+                [np.bincount(labels, weights=weights * values[:, c], minlength=k) for c in range(3)]
+            )
+            / safe
+        )
+
+    return counts, means(rgb), means(lab)
+
+
 def _segment_sums(
     rgb: np.ndarray, labels: np.ndarray, hist: ColourHistogram, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,7 +99,13 @@ def _segment_sums(
     return counts, mean_rgb, mean_lab
 
 
-def segment(rgb: np.ndarray, centres: np.ndarray, settings: SegmentSettings) -> Segmentation:
+def segment(
+    rgb: np.ndarray,
+    centres: np.ndarray,
+    settings: SegmentSettings,
+    *,
+    hist: ColourHistogram | None = None,
+) -> Segmentation:
     """Assign every pixel to its nearest centre and paint the segments.
 
     Parameters
@@ -87,25 +114,39 @@ def segment(rgb: np.ndarray, centres: np.ndarray, settings: SegmentSettings) -> 
     centres : (K, D) ndarray of float64
         Cluster centres in the feature space of ``settings``.
     settings : SegmentSettings
+    hist : ColourHistogram, optional
+        The colour histogram of ``rgb``, if the caller already has it.
 
     Returns
     -------
     Segmentation
         Empty clusters are dropped, so ``k`` may be below ``len(centres)``.
     """
-    hist = colour_histogram(rgb)
-    raw, wcss = assign_labels(
-        rgb, centres, features=settings.features,
-        spatial_weight=settings.spatial_weight, hist=hist,
-    )  # fmt: skip
+    hist = colour_histogram(rgb) if hist is None else hist
     k_in = centres.shape[0]
-    counts, mean_rgb, mean_lab = _segment_sums(rgb, raw, hist, k_in)
+    if settings.spatial_weight == 0:
+        # Colour only: one label per distinct colour, so every sum is over colours.
+        features = convert_colours(hist.colours, settings.features)
+        colour_labels, sq = nearest_centres(features, centres)
+        wcss = float(hist.counts @ sq)
+        counts, mean_rgb, mean_lab = _weighted_means(
+            colour_labels, hist.counts.astype(np.float64), hist.colours, k_in
+        )
+    else:
+        raw, wcss = assign_labels(
+            rgb, centres, features=settings.features,
+            spatial_weight=settings.spatial_weight, hist=hist,
+        )  # fmt: skip
+        counts, mean_rgb, mean_lab = _segment_sums(rgb, raw, hist, k_in)
     present = np.flatnonzero(counts > 0)
     order = present[np.lexsort((mean_lab[present, 2], mean_lab[present, 1], mean_lab[present, 0]))]
     dtype = np.uint8 if order.size <= 256 else np.uint16
     remap = np.zeros(k_in, dtype=dtype)
     remap[order] = np.arange(order.size, dtype=dtype)
-    labels = remap[raw]
+    if settings.spatial_weight == 0:
+        labels = hist.broadcast(rgb, remap[colour_labels])
+    else:
+        labels = remap[raw]
     colours = np.clip(np.rint(mean_rgb[order]), 0, 255).astype(np.uint8)
     return Segmentation(
         labels=labels, colours=colours, segmented=colours[labels], k=int(order.size), wcss=wcss
@@ -149,7 +190,9 @@ def _component_counts(labels: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(owner[1:], minlength=k)
 
 
-def segment_table(rgb: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+def segment_table(
+    rgb: np.ndarray, labels: np.ndarray, *, hist: ColourHistogram | None = None
+) -> pd.DataFrame:
     """One row per segment: size, mean colour, centroid, bounding box, components.
 
     Parameters
@@ -157,6 +200,8 @@ def segment_table(rgb: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     rgb : (H, W, 3) ndarray of uint8
     labels : (H, W) ndarray of int
         Labels ``0 .. k-1``.
+    hist : ColourHistogram, optional
+        The colour histogram of ``rgb``, if the caller already has it.
 
     Returns
     -------
@@ -166,7 +211,7 @@ def segment_table(rgb: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     """
     height, width = labels.shape
     k = int(labels.max()) + 1
-    hist = colour_histogram(rgb)
+    hist = colour_histogram(rgb) if hist is None else hist
     counts, mean_rgb, mean_lab = _segment_sums(rgb, labels, hist, k)
     lab64 = labels.astype(np.int64)
     rows = np.bincount((lab64 + k * np.arange(height)[:, None]).ravel(), minlength=height * k)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .colours import ColourHistogram, colour_histogram
 from .elbow import ElbowChoice, choose_k
 from .render import Segmentation, segment
 from .settings import SegmentSettings
@@ -24,6 +25,8 @@ class SegmentationResult:
     sweep : SweepResult
     choice : ElbowChoice
     segmentation : Segmentation
+    hist : ColourHistogram
+        The image's colour histogram (reusable, e.g. by :func:`segment_table`).
     seconds : dict of str to float
         Wall time of each stage (``sweep``, ``choice``, ``segment``).
     """
@@ -31,6 +34,7 @@ class SegmentationResult:
     sweep: SweepResult
     choice: ElbowChoice
     segmentation: Segmentation
+    hist: ColourHistogram = field(repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -71,15 +75,17 @@ def segment_image(rgb: np.ndarray, settings: SegmentSettings) -> SegmentationRes
     """
     settings.validate()
     t0 = time.perf_counter()
-    result = sweep(rgb, settings)
+    hist = colour_histogram(rgb)
+    result = sweep(rgb, settings, hist=hist)
     t1 = time.perf_counter()
     choice = choose_for_sweep(result, settings)
     t2 = time.perf_counter()
-    segmentation = segment(rgb, centres_for(result, choice.k), settings)
+    segmentation = segment(rgb, centres_for(result, choice.k), settings, hist=hist)
     t3 = time.perf_counter()
     return SegmentationResult(
         sweep=result,
         choice=choice,
         segmentation=segmentation,
+        hist=hist,
         seconds={"sweep": t1 - t0, "choice": t2 - t1, "segment": t3 - t2},
     )

@@ -68,8 +68,9 @@ METRIC_COLUMNS = (
     "iterations",
 )
 
-_N_INIT = 3  # k-means++ initialisations per K on the coarsest level
-_N_CANDIDATES = 64  # split candidates scored per K for the greedy warm start
+_N_INIT = 5  # k-means++ initialisations per K, on the 5-bit bins
+_N_SPLITS = 2  # greedy splits of the K-1 solution tried per K
+_N_CANDIDATES = 32  # new-centre candidates scored per K for the greedy splits
 _CHUNK = 262_144
 
 
@@ -240,7 +241,7 @@ def assign_labels(
     if spatial_weight == 0:
         lab, sq = nearest_centres(colour_features, centres)
         wcss = float(np.dot(hist.counts, sq))
-        return lab[hist.pixel_index(rgb)], wcss
+        return hist.broadcast(rgb, lab), wcss
     labels = np.empty(height * width, dtype=np.int32)
     wcss = 0.0
     for start in range(0, height * width, _CHUNK * 4):
@@ -260,38 +261,55 @@ def _kmeans(points, weights, init, k, seed, n_init=1, max_iter=300):
     return model
 
 
-def _greedy_init(points, weights, prev, rng):
-    """K-1 centres plus the best of a few k-means++-drawn candidates for the new one.
+def _split_inits(points, weights, prev, n_best, rng):
+    """The K-1 centres plus each of the ``n_best`` best single new centres.
 
-    The candidate kept is the one that lowers the objective most when added (the
-    "fast global k-means" rule of Likas et al., 2003, on a candidate sample).
+    Candidates are drawn k-means++ style (in proportion to their cost under the
+    K-1 centres) and scored by how much they would lower the objective if added,
+    the "fast global k-means" rule of Likas et al. (2003) on a candidate sample.
     """
     _, d = nearest_centres(points, prev)
     p = weights * d
     if p.sum() <= 0:
-        return None
-    cand = points[rng.choice(points.shape[0], size=_N_CANDIDATES, p=p / p.sum())]
-    gain = np.empty(cand.shape[0])
-    for i, c in enumerate(cand):
-        gain[i] = weights @ np.maximum(d - ((points - c) ** 2).sum(axis=1), 0.0)
-    return np.vstack([prev, cand[np.argmax(gain)]])
+        return []
+    cand = points[np.unique(rng.choice(points.shape[0], size=_N_CANDIDATES, p=p / p.sum()))]
+    dist = (
+        np.einsum("ij,ij->i", cand, cand)[:, None]
+        - 2.0 * cand @ points.T
+        + np.einsum("ij,ij->i", points, points)[None, :]
+    )
+    gain = np.maximum(d[None, :] - dist, 0.0) @ weights
+    order = np.argsort(-gain, kind="stable")[:n_best]
+    return [np.vstack([prev, cand[i]]) for i in order if gain[i] > 0]
 
 
-def _fit_colours(levels: ColourLevels, k, prev, seed, rng):
-    """Centres for K on the colour levels: best of k-means++ and a greedy split, polished."""
-    coarse, fine = levels.coarse, levels.fine
-    if coarse.means.shape[0] <= k or fine.means.shape[0] <= k:
+def _fit_colours(levels: ColourLevels, k, prev, seed):
+    """Centres for K on the colour levels, coarse to fine.
+
+    Candidates, all fitted on the 5-bit bins: the best of several k-means++ runs
+    there, the best of several on the 4-bit bins (different seeds land in different
+    basins), and the best few greedy splits of the K-1 solution.
+    The candidate with the lowest objective is polished on the 6-bit bins.
+    """
+    seeds, coarse, fine = levels.seeds, levels.coarse, levels.fine
+    if seeds.means.shape[0] <= k or fine.means.shape[0] <= k:
         model = _kmeans(levels.points, levels.weights, "k-means++", k, seed, _N_INIT)
         return model.cluster_centers_, int(model.n_iter_)
     best = _kmeans(coarse.means, coarse.weights, "k-means++", k, seed, _N_INIT)
+    start = _kmeans(seeds.means, seeds.weights, "k-means++", k, seed, _N_INIT)
+    other = _kmeans(coarse.means, coarse.weights, start.cluster_centers_, k, seed)
+    iterations = best.n_iter_ + start.n_iter_ + other.n_iter_
+    if other.inertia_ < best.inertia_:
+        best = other
     if prev is not None and prev.shape[0] == k - 1:
-        init = _greedy_init(coarse.means, coarse.weights, prev, rng)
-        if init is not None:
+        rng = np.random.default_rng([seed, k])
+        for init in _split_inits(coarse.means, coarse.weights, prev, _N_SPLITS, rng):
             greedy = _kmeans(coarse.means, coarse.weights, init, k, seed)
+            iterations += greedy.n_iter_
             if greedy.inertia_ < best.inertia_:
                 best = greedy
     polished = _kmeans(fine.means, fine.weights, best.cluster_centers_, k, seed)
-    return polished.cluster_centers_, int(best.n_iter_ + polished.n_iter_)
+    return polished.cluster_centers_, int(iterations + polished.n_iter_)
 
 
 def _colour_metrics(levels: ColourLevels, centres, wcss, bin_labels, n_pixels):
@@ -310,7 +328,9 @@ def _distinct_count(points: np.ndarray, limit: int) -> int:
     return int(min(np.unique(points, axis=0).shape[0], limit))
 
 
-def sweep(rgb: np.ndarray, settings: SegmentSettings) -> SweepResult:
+def sweep(
+    rgb: np.ndarray, settings: SegmentSettings, *, hist: ColourHistogram | None = None
+) -> SweepResult:
     """Fit K-means for every K of ``settings.sweep_k_values`` and measure the curve.
 
     Parameters
@@ -318,6 +338,8 @@ def sweep(rgb: np.ndarray, settings: SegmentSettings) -> SweepResult:
     rgb : (H, W, 3) ndarray of uint8
     settings : SegmentSettings
         Validated settings (``features``, ``spatial_weight``, ``seed``, K range).
+    hist : ColourHistogram, optional
+        The colour histogram of ``rgb``, if the caller already has it.
 
     Returns
     -------
@@ -327,16 +349,15 @@ def sweep(rgb: np.ndarray, settings: SegmentSettings) -> SweepResult:
     """
     from threadpoolctl import threadpool_limits
 
-    # The fits run on at most a few hundred thousand points, where OpenMP threads
+    # The fits run on at most a few hundred thousand points, where OpenMP and BLAS threads
     # cost more than they save, and on a busy machine scikit-learn's spinning
     # threads made the sweep 5x slower (20.8 s against 4.2 s single-threaded).
-    with threadpool_limits(limits=1, user_api="openmp"):
-        return _sweep(rgb, settings)
+    with threadpool_limits(limits=1):
+        return _sweep(rgb, settings, colour_histogram(rgb) if hist is None else hist)
 
 
-def _sweep(rgb: np.ndarray, settings: SegmentSettings) -> SweepResult:
+def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) -> SweepResult:
     settings.validate()
-    hist = colour_histogram(rgb)
     colour_features = convert_colours(hist.colours, settings.features)
     rng = np.random.default_rng(settings.seed)
     spatial = settings.spatial_weight > 0
@@ -371,7 +392,7 @@ def _sweep(rgb: np.ndarray, settings: SegmentSettings) -> SweepResult:
             model = _kmeans(points, weights, "k-means++", k_eff, settings.seed, _N_INIT)
             centres, iterations = model.cluster_centers_, int(model.n_iter_)
         else:
-            centres, iterations = _fit_colours(levels, k_eff, prev, settings.seed, rng)
+            centres, iterations = _fit_colours(levels, k_eff, prev, settings.seed)
         wcss, bin_labels = _wcss(rgb, hist, levels, centres, settings)
         if prev is not None and wcss > prev_wcss:
             # A worse local minimum than K-1: the K-1 centres plus the costliest point
