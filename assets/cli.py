@@ -23,6 +23,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Sweep K, choose K at the elbow of the WCSS curve, and segment each image.",
     )  # fmt: skip
     add_segment_arguments(seg)
+    samples = sub.add_parser(
+        "samples", help="write sample photos (scikit-image's bundled data) into a folder",
+    )  # fmt: skip
+    samples.add_argument(
+        "dest",
+        nargs="?",
+        default=None,
+        metavar="DIR",
+        help="folder to write into (default: $KSEG_INCOMING_DIR or data/incoming)",
+    )
     run = sub.add_parser(
         "run", help="register an incoming folder's images and materialise them through Dagster",
         description="Register every image of the incoming folder as a partition and "
@@ -51,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.cli import segment_command
 
         return segment_command(args)
+    if args.command == "samples":
+        import os
+
+        from pipeline.samples import write_samples
+
+        dest = args.dest or os.environ.get("KSEG_INCOMING_DIR") or "data/incoming"
+        for path in write_samples(dest):
+            print(path)
+        return 0
     from assets.run import run_command
 
     return run_command(incoming=args.incoming, all_=args.all_)

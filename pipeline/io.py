@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,15 +15,16 @@ __all__ = ["atomic_write", "atomic_write_bytes"]
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success.
 
-    The temporary file lives in the same directory (so the final ``os.replace`` is
-    atomic on POSIX) under a dot-name that scanners ignore. On any exception it is
+    The caller writes the temporary file (it does not exist yet). It lives in the
+    same directory (so the final ``os.replace`` is atomic on POSIX) under a
+    dot-name that scanners ignore. On any exception it is
     removed and ``path`` is left as it was.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # A fresh unique name that the writer creates itself, so the file gets the usual
+    # permissions (mkstemp would make it 0600).
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         yield tmp
         os.replace(tmp, target)

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 #: Pixels sampled to fit K-means when position features are on.
-SPATIAL_SAMPLE = 200_000
+SPATIAL_SAMPLE = 50_000
 #: Pixels sampled (with a fixed seed) for the silhouette score, which is O(n^2).
 SILHOUETTE_SAMPLE = 1_000
 #: Columns of :attr:`SweepResult.table`, in order.
@@ -180,6 +180,8 @@ def pixel_features(
     spatial_weight: float,
     features: str,
     rows: np.ndarray | None = None,
+    *,
+    index: np.ndarray | None = None,
 ) -> np.ndarray:
     """Feature vectors (colour, then scaled x and y) of some or all pixels.
 
@@ -196,6 +198,8 @@ def pixel_features(
     features : str
     rows : (n,) ndarray of int, optional
         Flat pixel indices to return; all pixels if omitted.
+    index : (H * W,) ndarray of int, optional
+        ``hist.pixel_index(rgb).ravel()``, if the caller already has it.
 
     Returns
     -------
@@ -203,7 +207,7 @@ def pixel_features(
     """
     height, width = rgb.shape[:2]
     flat = np.arange(height * width) if rows is None else np.asarray(rows)
-    index = hist.pixel_index(rgb).ravel()[flat]
+    index = (hist.pixel_index(rgb).ravel() if index is None else index)[flat]
     scale = spatial_weight * COLOUR_SPANS[features] / max(height, width)
     ys, xs = np.divmod(flat, width)
     return np.column_stack([colour_features[index], xs * scale, ys * scale])
@@ -216,6 +220,7 @@ def assign_labels(
     features: str,
     spatial_weight: float = 0.0,
     hist: ColourHistogram | None = None,
+    index: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Label every pixel with its nearest centre.
 
@@ -228,6 +233,8 @@ def assign_labels(
     spatial_weight : float
     hist : ColourHistogram, optional
         Of ``rgb``; computed if omitted.
+    index : (H * W,) ndarray of int, optional
+        ``hist.pixel_index(rgb).ravel()`` (position features only), if known.
 
     Returns
     -------
@@ -242,11 +249,14 @@ def assign_labels(
         lab, sq = nearest_centres(colour_features, centres)
         wcss = float(np.dot(hist.counts, sq))
         return hist.broadcast(rgb, lab), wcss
+    index = hist.pixel_index(rgb).ravel() if index is None else index
     labels = np.empty(height * width, dtype=np.int32)
     wcss = 0.0
     for start in range(0, height * width, _CHUNK * 4):
         rows = np.arange(start, min(start + _CHUNK * 4, height * width))
-        pts = pixel_features(rgb, hist, colour_features, spatial_weight, features, rows)
+        pts = pixel_features(
+            rgb, hist, colour_features, spatial_weight, features, rows, index=index
+        )
         lab, sq = nearest_centres(pts, centres)
         labels[rows] = lab
         wcss += float(sq.sum())
@@ -361,12 +371,19 @@ def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) ->
     colour_features = convert_colours(hist.colours, settings.features)
     rng = np.random.default_rng(settings.seed)
     spatial = settings.spatial_weight > 0
-    levels = None
+    levels = index = None
     if spatial:
         n = hist.n_pixels
+        index = hist.pixel_index(rgb).ravel()
         rows = np.sort(rng.choice(n, size=min(n, SPATIAL_SAMPLE), replace=False))
         points = pixel_features(
-            rgb, hist, colour_features, settings.spatial_weight, settings.features, rows
+            rgb,
+            hist,
+            colour_features,
+            settings.spatial_weight,
+            settings.features,
+            rows,
+            index=index,
         )
         weights = np.ones(points.shape[0])
         n_distinct = points.shape[0]
@@ -389,11 +406,11 @@ def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) ->
         elif k_eff == n_distinct:
             centres = points.copy()
         elif spatial:
-            model = _kmeans(points, weights, "k-means++", k_eff, settings.seed, _N_INIT)
+            model = _kmeans(points, weights, "k-means++", k_eff, settings.seed, 3)
             centres, iterations = model.cluster_centers_, int(model.n_iter_)
         else:
             centres, iterations = _fit_colours(levels, k_eff, prev, settings.seed)
-        wcss, bin_labels = _wcss(rgb, hist, levels, centres, settings)
+        wcss, bin_labels = _wcss(rgb, hist, levels, index, centres, settings)
         if prev is not None and wcss > prev_wcss:
             # A worse local minimum than K-1: the K-1 centres plus the costliest point
             # can only lower every distance, so this candidate is never above K-1.
@@ -401,7 +418,7 @@ def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) ->
             fallback = np.vstack([prev, points[np.argmax(weights * d)]])[:k_eff]
             if fallback.shape[0] < k_eff:
                 fallback = np.vstack([fallback, centres[fallback.shape[0] :]])
-            f_wcss, f_bin_labels = _wcss(rgb, hist, levels, fallback, settings)
+            f_wcss, f_bin_labels = _wcss(rgb, hist, levels, index, fallback, settings)
             if f_wcss < wcss:
                 centres, wcss, bin_labels = fallback, f_wcss, f_bin_labels
         wcss = min(wcss, prev_wcss)  # guards float rounding of equal objectives only
@@ -443,7 +460,7 @@ def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) ->
     )
 
 
-def _wcss(rgb, hist, levels, centres, settings) -> tuple[float, np.ndarray | None]:
+def _wcss(rgb, hist, levels, index, centres, settings) -> tuple[float, np.ndarray | None]:
     """Exact WCSS over all pixels at ``centres`` (and fine-bin labels when binned)."""
     if levels is not None:
         wcss, bin_labels, _ = levels.exact_wcss(centres)
@@ -454,7 +471,9 @@ def _wcss(rgb, hist, levels, centres, settings) -> tuple[float, np.ndarray | Non
         features=settings.features,
         spatial_weight=settings.spatial_weight,
         hist=hist,
+        index=index,
     )[1]
+    return wcss, None
 
 
 def sweep_to_arrow(result: SweepResult) -> pa.Table:
