@@ -152,8 +152,10 @@ def kneedle_knee(
     from kneed import KneeLocator
 
     with warnings.catch_warnings():
-        # kneed warns "No knee/elbow found" and returns None, which we handle.
+        # kneed warns "No knee/elbow found" and returns None, which we handle; on a
+        # flat curve its normalisation divides by zero (RuntimeWarning), same result.
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         locator = KneeLocator(
             list(k_values), list(wcss), S=sensitivity, curve="convex", direction="decreasing"
         )

@@ -245,11 +245,7 @@ def encode_png(array: np.ndarray, *, compress_level: int = 3) -> bytes:
     """
     from PIL import Image
 
-    arr = np.ascontiguousarray(array)
-    if arr.dtype == np.uint16:
-        image = Image.fromarray(arr.astype(np.uint16), mode="I;16")
-    else:
-        image = Image.fromarray(arr)
+    image = Image.fromarray(np.ascontiguousarray(array))  # uint16 (H, W) becomes I;16
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
@@ -283,8 +279,16 @@ def thumbnail(rgb: np.ndarray, *, height: int = 160) -> np.ndarray:
 def preview_png(
     original: np.ndarray, segmented: np.ndarray, overlay: np.ndarray, *, height: int = 160
 ) -> bytes:
-    """A small side-by-side PNG: original | segmented | boundary overlay."""
+    """A small side-by-side PNG: original | segmented | boundary overlay.
+
+    Quantised to a 256-colour palette so it stays well under 100 KB, small enough
+    to embed in Dagster metadata (large metadata fails with HTTP 413).
+    """
+    from PIL import Image
+
     tiles = [thumbnail(a, height=height) for a in (original, segmented, overlay)]
     gap = np.full((tiles[0].shape[0], 4, 3), 255, dtype=np.uint8)
     strip = np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1)
-    return encode_png(strip, compress_level=9)
+    buf = io.BytesIO()
+    Image.fromarray(strip).quantize(256).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

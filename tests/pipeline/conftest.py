@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from collections.abc import Callable
@@ -71,3 +72,54 @@ def save_image(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return save
+
+
+# --- photos and small synthetic scenes for the engine tests ----------------------------
+
+
+@functools.cache
+def _bundled_photo(name: str, max_side: int | None) -> np.ndarray:
+    from skimage import data
+
+    rgb = np.ascontiguousarray(getattr(data, name)()[..., :3])
+    if max_side is not None and max(rgb.shape[:2]) > max_side:
+        height, width = rgb.shape[:2]
+        scale = max_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+    rgb = np.array(rgb, dtype=np.uint8, copy=True)
+    rgb.setflags(write=False)
+    return rgb
+
+
+def load_photo(name: str, max_side: int | None = 160) -> np.ndarray:
+    """A scikit-image bundled photo (astronaut, coffee, chelsea, rocket) as read-only
+    (H, W, 3) uint8, downscaled so its longer side is at most ``max_side`` (None: full size)."""
+    return _bundled_photo(name, max_side)
+
+
+def make_quadrants(
+    colours: np.ndarray, *, shape: tuple[int, int] = (48, 64), noise: float = 0.0, seed: int = 0
+) -> np.ndarray:
+    """Four quadrants of ``colours`` (4, 3) uint8, plus seeded Gaussian noise (8-bit units)."""
+    height, width = shape
+    truth = np.zeros(shape, dtype=np.int64)
+    truth[: height // 2, width // 2 :] = 1
+    truth[height // 2 :, : width // 2] = 2
+    truth[height // 2 :, width // 2 :] = 3
+    img = np.asarray(colours, dtype=np.float64)[truth]
+    if noise:
+        img = img + np.random.default_rng(seed).normal(0.0, noise, img.shape)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def photo() -> Callable[..., np.ndarray]:
+    """``photo(name, max_side=160)`` -> read-only downscaled scikit-image photo."""
+    return load_photo
+
+
+@pytest.fixture(scope="session")
+def quadrants() -> Callable[..., np.ndarray]:
+    """``quadrants(colours, shape=(48, 64), noise=0.0, seed=0)`` -> four-colour image."""
+    return make_quadrants
