@@ -64,7 +64,7 @@ class SegmentSettings:
     spatial_weight: float = 0.0
     seed: int = 0
     k_override: int | None = None
-    min_strength: float = 0.5
+    min_strength: float = 0.45
     fallback: str = "variance"
     variance_target: float = 0.8
 
