@@ -1,0 +1,231 @@
+"""The incoming folder: which files are images, and the partition key of each.
+
+Partition keys
+--------------
+A key is derived from the file's path relative to the incoming folder (``/``
+separators, Unicode NFC):
+
+1. the *slug*: the path in lower case, every run of characters outside ``a-z0-9``
+   replaced by one ``-``, trimmed of ``-`` and cut to 48 characters (``image`` if
+   nothing is left);
+2. the *tag*: the first 10 hex digits of the SHA-256 of the relative path;
+3. the key is ``<slug>-<tag>``, e.g. ``cats/Tabby 1.JPG`` -> ``cats-tabby-1-jpg-<tag>``.
+
+So a key uses only ``a-z``, ``0-9`` and ``-`` (none of the characters that break
+Dagster's UI, such as ``,`` ``[`` ``]`` ``|`` ``/``, whitespace or quotes), is
+stable for a given path, differs for paths that differ only in case or
+punctuation (the tag hashes the exact path), and is safe as a folder name. The
+original path is kept in the ``raw_image`` metadata and the report. Moving or
+renaming a file gives it a new key.
+
+Scanning
+--------
+:func:`scan_incoming` walks the folder and its subfolders, keeps files whose
+extension is in :data:`pipeline.images.SUPPORTED_EXTENSIONS` (any case), and skips
+dot-files, dot-folders and temporary files (``~``, ``.tmp``, ``.part``, ...).
+Symbolic links to files inside the folder are used; links that lead outside it
+are refused (reported, never read). Linked folders are not followed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.images import SUPPORTED_EXTENSIONS
+
+__all__ = [
+    "KEY_PATTERN",
+    "IncomingImage",
+    "Refused",
+    "Scan",
+    "is_valid_partition_key",
+    "partition_key_for",
+    "resolve_source",
+    "scan_incoming",
+]
+
+#: Every key made by :func:`partition_key_for` matches this.
+KEY_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+
+_SLUG_MAX = 48
+_TAG_HEX = 10
+_TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".swp")
+
+
+def _normalise(relpath: str) -> str:
+    parts = [p for p in relpath.replace(os.sep, "/").split("/") if p not in ("", ".")]
+    return unicodedata.normalize("NFC", "/".join(parts))
+
+
+def partition_key_for(relpath: str) -> str:
+    """The partition key of a file, from its path relative to the incoming folder.
+
+    Parameters
+    ----------
+    relpath : str
+        Relative path with ``/`` (or the OS separator) between folders.
+
+    Returns
+    -------
+    str
+        ``<slug>-<tag>``; see the module docstring.
+
+    Raises
+    ------
+    ValueError
+        If ``relpath`` is empty, absolute or contains ``..``.
+    """
+    if not relpath or relpath.startswith(("/", os.sep)) or os.path.isabs(relpath):
+        raise ValueError(f"expected a path relative to the incoming folder, got {relpath!r}")
+    norm = _normalise(relpath)
+    if not norm or ".." in norm.split("/"):
+        raise ValueError(f"expected a path inside the incoming folder, got {relpath!r}")
+    slug = re.sub(r"[^a-z0-9]+", "-", norm.lower()).strip("-")[:_SLUG_MAX].strip("-")
+    tag = hashlib.sha256(norm.encode("utf-8")).hexdigest()[:_TAG_HEX]
+    return f"{slug or 'image'}-{tag}"
+
+
+def is_valid_partition_key(key: object) -> bool:
+    """True if ``key`` has the shape of a key made by :func:`partition_key_for`."""
+    return isinstance(key, str) and KEY_PATTERN.fullmatch(key) is not None
+
+
+@dataclass(frozen=True)
+class IncomingImage:
+    """An image file found in the incoming folder.
+
+    Attributes
+    ----------
+    key : str
+        Its partition key.
+    relpath : str
+        Path relative to the incoming folder, ``/``-separated.
+    path : pathlib.Path
+        Absolute path (possibly a link to a file inside the folder).
+    """
+
+    key: str
+    relpath: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A file that looked like an image but will not be read, and why."""
+
+    relpath: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Result of :func:`scan_incoming`.
+
+    Attributes
+    ----------
+    root : pathlib.Path
+        The incoming folder, absolute.
+    images : tuple of IncomingImage
+        Sorted by relative path.
+    refused : tuple of Refused
+    """
+
+    root: Path
+    images: tuple[IncomingImage, ...]
+    refused: tuple[Refused, ...]
+
+    def by_key(self) -> dict[str, IncomingImage]:
+        """The images indexed by partition key."""
+        return {image.key: image for image in self.images}
+
+
+def _is_temporary(name: str) -> bool:
+    lower = name.lower()
+    return name.startswith((".", "~")) or lower.endswith(("~", *_TEMP_SUFFIXES))
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def scan_incoming(root: str | os.PathLike[str]) -> Scan:
+    """Find the images of an incoming folder and their partition keys.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The incoming folder (a local path).
+
+    Returns
+    -------
+    Scan
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` is not an existing folder.
+    """
+    base = Path(root).expanduser().absolute()
+    if not base.is_dir():
+        raise FileNotFoundError(f"incoming folder {str(base)!r} does not exist")
+    real_root = os.path.realpath(base)
+    images: dict[str, IncomingImage] = {}
+    refused: list[Refused] = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, base)
+        kept = []
+        for name in sorted(dirnames):
+            full = os.path.join(dirpath, name)
+            if name.startswith("."):
+                continue
+            if os.path.islink(full):
+                if not _inside(os.path.realpath(full), real_root):
+                    rel = _normalise(os.path.join(rel_dir, name))
+                    refused.append(Refused(rel, "linked folder leads outside the incoming folder"))
+                continue
+            kept.append(name)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            if _is_temporary(name) or os.path.splitext(name)[1].lower() not in SUPPORTED_EXTENSIONS:
+                continue
+            full = os.path.join(dirpath, name)
+            rel = _normalise(os.path.join(rel_dir, name))
+            if os.path.islink(full):
+                target = os.path.realpath(full)
+                if not _inside(target, real_root):
+                    refused.append(Refused(rel, "symbolic link leads outside the incoming folder"))
+                    continue
+                if not os.path.isfile(target):
+                    refused.append(Refused(rel, "symbolic link does not lead to a file"))
+                    continue
+            key = partition_key_for(rel)
+            if key in images:
+                other = images[key].relpath
+                refused.append(Refused(rel, f"partition key {key} already used by {other}"))
+                continue
+            images[key] = IncomingImage(key=key, relpath=rel, path=Path(full))
+    ordered = tuple(sorted(images.values(), key=lambda image: image.relpath))
+    return Scan(root=base, images=ordered, refused=tuple(sorted(refused, key=lambda r: r.relpath)))
+
+
+def resolve_source(root: str | os.PathLike[str], relpath: str) -> Path:
+    """The absolute path of ``relpath`` inside ``root``, refusing anything that leaves it.
+
+    Raises
+    ------
+    ValueError
+        If the path (after following links) is outside ``root``.
+    """
+    base = Path(root).expanduser().absolute()
+    norm = _normalise(relpath)
+    if not norm or ".." in norm.split("/") or os.path.isabs(relpath):
+        raise ValueError(f"{relpath!r} is not a path inside the incoming folder")
+    path = base / norm
+    if not _inside(os.path.realpath(path), os.path.realpath(base)):
+        raise ValueError(f"{relpath!r} leads outside the incoming folder")
+    return path

@@ -1,0 +1,170 @@
+"""``segmentation_report``: one row per registered image, across all partitions.
+
+The report reads each partition's manifests and ``chosen_k.json`` from the store
+(small files), never the outputs of every partition through an IO manager. Its
+cache key hashes every partition's step keys, so an unchanged set of images and
+outputs is a cache hit. It is written as Parquet and shown as a markdown table.
+"""
+
+import io
+import json
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .cache import cache_key
+from .checks import check_report_coverage, report_check_specs
+from .keys import CHOSEN, CODE_VERSIONS, GROUP_REPORT, IMAGE_ASSETS, REPORT
+from .metadata import column_schema, markdown_table
+from .partitions import IMAGES
+from .storage import KsegStorage
+from .store import Manifest, Store, parquet_bytes
+
+__all__ = ["REPORT_COLUMNS", "report_rows", "segmentation_report"]
+
+REPORT_FILE = "segmentation_report.parquet"
+_OUTPUT_FILES = {
+    "raw_image": "raw_image.png",
+    "segmented_image": "segmented_image.png",
+    "label_map": "label_map.png",
+    "segment_stats": "segment_stats.parquet",
+}
+#: Columns of the report, in order.
+REPORT_COLUMNS = (
+    "partition_key",
+    "status",
+    "source_path",
+    "width",
+    "height",
+    "unique_colours",
+    "chosen_k",
+    "knee_strength",
+    "reason",
+    "rule",
+    "wcss_at_k",
+    "seconds",
+    *(f"{name}_path" for name in _OUTPUT_FILES),
+    "missing",
+)
+_MARKDOWN_COLUMNS = (
+    "partition_key",
+    "status",
+    "source_path",
+    "width",
+    "height",
+    "chosen_k",
+    "knee_strength",
+    "reason",
+    "wcss_at_k",
+    "seconds",
+)
+
+
+def _row(store: Store, partition: str, manifests: dict[str, Manifest | None]) -> dict:
+    present = {asset: m for asset, m in manifests.items() if m is not None}
+    missing = [asset for asset in IMAGE_ASSETS if asset not in present]
+    raw = present.get("raw_image")
+    chosen = None
+    if CHOSEN in present:
+        try:
+            chosen = json.loads(store.read_bytes(partition, "chosen_k.json"))
+        except (KeyError, ValueError, OSError):
+            missing.append(CHOSEN)
+    row = {
+        "partition_key": partition,
+        "status": "ok" if not missing else ("missing" if not present else "incomplete"),
+        "source_path": raw.info.get("source_path") if raw else None,
+        "width": raw.info.get("width") if raw else None,
+        "height": raw.info.get("height") if raw else None,
+        "unique_colours": raw.info.get("unique_colours") if raw else None,
+        "chosen_k": chosen["chosen_k"] if chosen else None,
+        "knee_strength": chosen["knee_strength"] if chosen else None,
+        "reason": chosen["reason"] if chosen else None,
+        "rule": chosen["rule"] if chosen else None,
+        "wcss_at_k": chosen["wcss_at_k"] if chosen else None,
+        "seconds": round(sum(m.seconds for m in present.values()), 4) if present else None,
+        "missing": ",".join(missing),
+    }
+    for asset, name in _OUTPUT_FILES.items():
+        row[f"{asset}_path"] = store.uri(partition, name) if asset in present else None
+    return row
+
+
+def report_rows(store: Store, partitions: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The report table and the inputs of its cache key.
+
+    Returns
+    -------
+    frame : pandas.DataFrame
+        One row per partition, columns :data:`REPORT_COLUMNS`.
+    inputs : list of str
+        ``partition/asset/cache key`` for every partition and per-image asset.
+    """
+    rows, inputs = [], []
+    for partition in partitions:
+        manifests = {asset: store.manifest(partition, asset) for asset in IMAGE_ASSETS}
+        inputs += [
+            f"{partition}/{asset}/{m.cache_key if m else '-'}" for asset, m in manifests.items()
+        ]
+        rows.append(_row(store, partition, manifests))
+    frame = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+    integers = {name: "Int64" for name in ("width", "height", "chosen_k", "unique_colours")}
+    return frame.astype(integers), inputs
+
+
+@dg.asset(
+    name=REPORT,
+    group_name=GROUP_REPORT,
+    kinds={"python", "parquet"},
+    code_version=CODE_VERSIONS[REPORT],
+    deps=list(IMAGE_ASSETS),
+    check_specs=report_check_specs(),
+)
+def segmentation_report(
+    context: dg.AssetExecutionContext, storage: KsegStorage
+) -> dg.MaterializeResult:
+    """One row per registered image: size, chosen K, strength, WCSS at K, seconds, outputs."""
+    store = storage.store()
+    partitions = list(context.instance.get_dynamic_partitions(IMAGES.name))
+    frame, inputs = report_rows(store, partitions)
+    key = cache_key(REPORT, code_version=CODE_VERSIONS[REPORT], inputs=inputs, settings={})
+    manifest = store.intact(None, REPORT, key)
+    hit = manifest is not None
+    if manifest is None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        manifest = store.save(
+            None,
+            REPORT,
+            cache_key=key,
+            code_version=CODE_VERSIONS[REPORT],
+            files={REPORT_FILE: parquet_bytes(table)},
+            info={"rows": len(frame), "complete": int((frame["status"] == "ok").sum())},
+        )
+    table = pq.read_table(io.BytesIO(store.read_bytes(None, REPORT_FILE)))
+    stored = table.to_pandas()
+    statuses = dict(zip(stored["partition_key"], stored["status"], strict=True))
+    coverage = check_report_coverage(partitions, statuses)
+    return dg.MaterializeResult(
+        metadata={
+            "cache": "hit" if hit else "miss",
+            "cache_key": key,
+            "path": dg.MetadataValue.path(store.uri(None, REPORT_FILE)),
+            "bytes": manifest.files[REPORT_FILE].bytes,
+            "dagster/row_count": table.num_rows,
+            "dagster/column_schema": column_schema(table.schema),
+            "images": len(partitions),
+            "complete": int((stored["status"] == "ok").sum()),
+            "report": dg.MetadataValue.md(markdown_table(stored, columns=_MARKDOWN_COLUMNS)),
+        },
+        data_version=dg.DataVersion(key),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=coverage.name,
+                passed=coverage.passed,
+                description=coverage.description,
+                metadata=coverage.metadata,
+            )
+        ],
+    )

@@ -1,0 +1,299 @@
+"""Where outputs live: files plus a manifest per step, written atomically (no Dagster import).
+
+Layout under the storage root (a local folder or any fsspec URL, through
+universal-pathlib)::
+
+    <root>/images/<partition key>/raw_image.png
+                                  raw_image.manifest.json
+                                  pixel_features.parquet
+                                  ...
+    <root>/report/segmentation_report.parquet
+                  segmentation_report.manifest.json
+
+Each step writes its files first and its manifest last, every file under a
+temporary name renamed into place, so a reader never sees half a file. The
+manifest holds the step's cache key, code version, the SHA-256 and size of every
+file it wrote, the compute time and a small JSON summary (``info``). A stored
+output is *intact* for a cache key when the manifest has that key and every file
+still has the recorded SHA-256; only then is it reused.
+
+Partition keys and file names are checked against a strict alphabet and, for
+local roots, every resolved path must lie inside the root, so nothing is ever
+written outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pathlib
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from upath import UPath
+
+from pipeline.errors import KsegError
+from pipeline.io import atomic_write_bytes
+
+from .incoming import is_valid_partition_key
+
+__all__ = ["MANIFEST_VERSION", "FileEntry", "Manifest", "Store", "StoreError", "parquet_bytes"]
+
+MANIFEST_VERSION = 1
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*(?:\.[a-z0-9_]+)*$")
+_CHUNK = 1 << 20
+
+
+class StoreError(KsegError):
+    """A path outside the storage root, an invalid name, or a missing output."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a stored output."""
+
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a step stored, and under which cache key.
+
+    Attributes
+    ----------
+    asset : str
+    partition : str or None
+        None for unpartitioned assets.
+    cache_key, code_version : str
+    files : dict of str to FileEntry
+        File name (in the partition's folder) to checksum and size.
+    info : dict
+        A small JSON summary of the output (sizes, K, ...), used for metadata and the report.
+    seconds : float
+        Wall time of the compute that produced the files.
+    created : str
+        ISO 8601 UTC time the manifest was written.
+    """
+
+    asset: str
+    partition: str | None
+    cache_key: str
+    code_version: str
+    files: dict[str, FileEntry]
+    info: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    created: str = ""
+
+    def to_json(self) -> bytes:
+        """The manifest as UTF-8 JSON."""
+        document = {"manifest_version": MANIFEST_VERSION, **asdict(self)}
+        return json.dumps(document, indent=1, sort_keys=True, allow_nan=False).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        """Parse :meth:`to_json` output.
+
+        Raises
+        ------
+        ValueError
+            If the document is not a manifest of this version.
+        """
+        document = json.loads(data)
+        if not isinstance(document, dict) or document.get("manifest_version") != MANIFEST_VERSION:
+            raise ValueError("not a kseg manifest of a known version")
+        document.pop("manifest_version")
+        files = {name: FileEntry(**entry) for name, entry in document.pop("files").items()}
+        return cls(files=files, **document)
+
+
+def _file_sha256(stream: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(_CHUNK), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Store:
+    """Stored outputs under one root.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        A local folder (created on first write) or an fsspec URL such as
+        ``s3://bucket/kseg`` or ``memory://kseg``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        path = UPath(root)
+        self.local = isinstance(path, pathlib.Path)
+        if self.local:
+            path = UPath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        self.root = path
+        self._real_root = os.path.realpath(path) if self.local else None
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- paths ------------------------------------------------------------------------
+    def folder(self, partition: str | None) -> UPath:
+        """The folder of a partition's outputs (``report/`` for unpartitioned assets).
+
+        Raises
+        ------
+        StoreError
+            If ``partition`` is not a valid partition key.
+        """
+        if partition is None:
+            return self.root / "report"
+        if not is_valid_partition_key(partition):
+            raise StoreError(f"refusing partition key {partition!r}: not a kseg partition key")
+        return self.root / "images" / partition
+
+    def path(self, partition: str | None, name: str) -> UPath:
+        """The path of file ``name`` of ``partition``, checked to stay inside the root.
+
+        Raises
+        ------
+        StoreError
+            If the name is invalid or the path would leave the storage root.
+        """
+        if not _NAME.fullmatch(name):
+            raise StoreError(f"refusing file name {name!r}")
+        target = self.folder(partition) / name
+        if self._real_root is not None:
+            root = self._real_root
+            real = os.path.realpath(target)
+            if os.path.commonpath([root, real]) != root:
+                raise StoreError(f"refusing to use {str(target)!r}: it is outside {root!r}")
+        return target
+
+    # -- reading ----------------------------------------------------------------------
+    def read_bytes(self, partition: str | None, name: str) -> bytes:
+        """The content of a stored file.
+
+        Raises
+        ------
+        StoreError
+            If the file does not exist.
+        """
+        try:
+            return self.path(partition, name).read_bytes()
+        except FileNotFoundError as exc:
+            where = partition or "report"
+            raise StoreError(f"{where}: {name} is not in the store") from exc
+
+    def open(self, partition: str | None, name: str) -> IO[bytes]:
+        """Open a stored file for reading (binary)."""
+        return self.path(partition, name).open("rb")
+
+    def manifest(self, partition: str | None, asset: str) -> Manifest | None:
+        """The manifest of ``asset`` for ``partition``, or None if absent or unreadable."""
+        try:
+            data = self.path(partition, f"{asset}.manifest.json").read_bytes()
+            return Manifest.from_json(data)
+        except (FileNotFoundError, ValueError, TypeError, KeyError):
+            return None
+
+    def verify(self, manifest: Manifest) -> bool:
+        """True if every file of ``manifest`` exists with its recorded size and SHA-256."""
+        for name, entry in manifest.files.items():
+            try:
+                path = self.path(manifest.partition, name)
+                with path.open("rb") as stream:
+                    if _file_sha256(stream) != entry.sha256:
+                        return False
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return False
+        return True
+
+    def intact(self, partition: str | None, asset: str, cache_key: str) -> Manifest | None:
+        """The manifest if the stored output has ``cache_key`` and its files verify, else None."""
+        manifest = self.manifest(partition, asset)
+        if manifest is None or manifest.cache_key != cache_key or not self.verify(manifest):
+            return None
+        return manifest
+
+    # -- writing ----------------------------------------------------------------------
+    def _write(self, target: UPath, data: bytes) -> None:
+        if self.local:
+            atomic_write_bytes(target, data)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            temporary.write_bytes(data)
+            temporary.rename(target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            raise
+
+    def save(
+        self,
+        partition: str | None,
+        asset: str,
+        *,
+        cache_key: str,
+        code_version: str,
+        files: Mapping[str, bytes],
+        info: Mapping[str, Any] | None = None,
+        seconds: float = 0.0,
+    ) -> Manifest:
+        """Write a step's files, then its manifest, each atomically.
+
+        Parameters
+        ----------
+        partition : str or None
+        asset : str
+        cache_key, code_version : str
+        files : mapping of str to bytes
+            File name to content.
+        info : mapping, optional
+            JSON-able summary stored in the manifest.
+        seconds : float
+            Compute time to record.
+
+        Returns
+        -------
+        Manifest
+        """
+        entries = {}
+        targets = {name: self.path(partition, name) for name in files}
+        manifest_path = self.path(partition, f"{asset}.manifest.json")
+        for name, data in files.items():
+            self._write(targets[name], data)
+            entries[name] = FileEntry(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+        manifest = Manifest(
+            asset=asset,
+            partition=partition,
+            cache_key=cache_key,
+            code_version=code_version,
+            files=entries,
+            info=json.loads(json.dumps(dict(info or {}), allow_nan=False)),
+            seconds=float(seconds),
+            created=datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="seconds"),
+        )
+        self._write(manifest_path, manifest.to_json())
+        return manifest
+
+    def uri(self, partition: str | None, name: str) -> str:
+        """The path of a stored file as a string (for metadata and the report)."""
+        return str(self.path(partition, name))
+
+
+def parquet_bytes(table: Any) -> bytes:
+    """Serialise an Arrow table to Parquet bytes (zstd, as :mod:`pipeline.features` does)."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", compression_level=3)
+    return buffer.getvalue()

@@ -1,0 +1,175 @@
+"""``kseg run`` (assets.run.run_command) against a temp incoming folder and a real instance."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+from dagster_helpers import store_mtimes, write_image
+
+from assets.keys import IMAGE_ASSETS
+from assets.planning import batches
+from assets.run import open_instance, run_command
+
+
+def _run(incoming: Path, tmp_path: Path, instance: dg.DagsterInstance, all_: bool = False):
+    out, err = io.StringIO(), io.StringIO()
+    code = run_command(
+        str(incoming),
+        all_,
+        store_root=str(tmp_path / "store"),
+        instance=instance,
+        out=out,
+        err=err,
+    )
+    return code, out.getvalue(), err.getvalue()
+
+
+def _job_runs(instance: dg.DagsterInstance, job: str) -> list[dg.DagsterRun]:
+    return [r for r in instance.get_runs() if r.job_name == job]
+
+
+def test_kseg_run_materialises_every_output_and_records_runs(
+    incoming: Path, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    keys = [write_image(incoming, "a.png"), write_image(incoming, "nested/dir/b.jpg", "coffee")]
+    code, out, err = _run(incoming, tmp_path, instance)
+    assert code == 0, err
+    assert err == ""
+    assert "2 image(s)" in out and "2 new" in out
+    assert set(instance.get_dynamic_partitions("images")) == set(keys)
+    for asset in IMAGE_ASSETS:
+        assert instance.get_materialized_partitions(dg.AssetKey(asset)) == set(keys), asset
+    for key in keys:
+        folder = tmp_path / "store" / "images" / key
+        for name in (
+            "raw_image.png",
+            "pixel_features.parquet",
+            "elbow_metrics.parquet",
+            "chosen_k.json",
+            "segmented_image.png",
+            "label_map.png",
+            "segment_stats.parquet",
+        ):
+            assert (folder / name).is_file(), name
+    report = pq.read_table(tmp_path / "store" / "report" / "segmentation_report.parquet")
+    assert sorted(report.column("partition_key").to_pylist()) == sorted(keys)
+    runs = _job_runs(instance, "segment_images")
+    assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
+    assert runs[0].tags["dagster/asset_partition_range_start"] == keys[0]
+    assert _job_runs(instance, "segmentation_report_job")
+
+
+def test_a_second_run_does_nothing_and_all_hits_the_cache(
+    incoming: Path, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    write_image(incoming, "a.png")
+    assert _run(incoming, tmp_path, instance)[0] == 0
+    before = store_mtimes(tmp_path / "store" / "images")
+    code, out, _ = _run(incoming, tmp_path, instance)
+    assert code == 0
+    assert "0 new, 0 stale, 1 up to date" in out and "processed 0 image(s) in 0 run(s)" in out
+    assert len(_job_runs(instance, "segment_images")) == 1
+    code, out, _ = _run(incoming, tmp_path, instance, all_=True)
+    assert code == 0 and "processed 1 image(s) in 1 run(s)" in out
+    assert store_mtimes(tmp_path / "store" / "images") == before
+    last = _job_runs(instance, "segment_images")[0]
+    records = instance.fetch_materializations(dg.AssetKey("chosen_k"), limit=1).records
+    assert records[0].run_id == last.run_id
+    assert records[0].asset_materialization.metadata["cache"].value == "hit"
+
+
+def test_changed_and_new_files_are_picked_up(
+    incoming: Path, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    write_image(incoming, "a.png")
+    write_image(incoming, "b.png", "coffee")
+    assert _run(incoming, tmp_path, instance)[0] == 0
+    write_image(incoming, "a.png", "chelsea")
+    write_image(incoming, "c.png", "rocket")
+    code, out, _ = _run(incoming, tmp_path, instance)
+    assert code == 0
+    assert "3 image(s)" in out and "1 new, 1 stale, 1 up to date" in out
+
+
+def test_a_bad_file_prints_one_line_and_the_rest_is_processed(
+    incoming: Path, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    good = write_image(incoming, "a.png")
+    (incoming / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (incoming / "escape.png").symlink_to(tmp_path / "outside.png")
+    write_image(tmp_path, "outside.png")
+    code, out, err = _run(incoming, tmp_path, instance)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert any(
+        str(incoming / "broken.png") in line and "kseg run: error:" in line for line in lines
+    )
+    assert any("escape.png: symbolic link leads outside" in line for line in lines)
+    assert "Traceback" not in err
+    assert instance.get_materialized_partitions(dg.AssetKey("segment_stats")) == {good}
+    assert "kseg run: report" in out
+
+
+def test_a_missing_incoming_folder_is_a_usage_error(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    code, _, err = _run(tmp_path / "nope", tmp_path, instance)
+    assert code == 2 and "does not exist" in err
+
+
+def test_invalid_settings_are_refused_before_anything_runs(
+    incoming: Path, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    write_image(incoming, "a.png")
+    err = io.StringIO()
+    code = run_command(
+        str(incoming),
+        store_root=str(tmp_path / "store"),
+        instance=instance,
+        err=err,
+        out=io.StringIO(),
+        run_config={"ops": {"image_steps": {"config": {"features": "xyz"}}}},
+    )
+    assert code == 2 and "invalid setting 'features'" in err.getvalue()
+    assert not instance.get_runs()
+
+
+def test_the_project_instance_is_created_with_telemetry_off(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    instance = open_instance(home)
+    try:
+        assert "enabled: false" in (home / "dagster.yaml").read_text()
+        assert instance.root_directory == str(home)
+        assert not instance.telemetry_enabled
+    finally:
+        instance.dispose()
+
+
+@pytest.mark.parametrize(
+    ("wanted", "size", "expected"),
+    [
+        ({"a", "b", "c"}, 10, [("a", "c")]),
+        ({"a", "c"}, 10, [("a", "a"), ("c", "c")]),
+        ({"a", "b", "c", "d"}, 3, [("a", "c"), ("d", "d")]),
+        (set(), 3, []),
+    ],
+)
+def test_batches_are_contiguous_ranges(wanted: set, size: int, expected: list) -> None:
+    assert batches(["a", "b", "c", "d"], wanted, size) == expected
+
+
+def test_the_instance_defaults_to_dagster_home_or_the_project_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from assets.run import project_home
+    from assets.storage import PROJECT_ROOT
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert project_home() == PROJECT_ROOT / ".dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))
+    assert project_home() == tmp_path / "elsewhere"
