@@ -51,7 +51,29 @@ def _parser() -> argparse.ArgumentParser:
         dest="all_",
         help="materialise every image (unchanged steps are cache hits)",
     )
+    ui = sub.add_parser(
+        "ui", help="open the Dagster UI (`dagster dev`) on the project's instance",
+        description="Run `dagster dev -w workspace.yaml` with DAGSTER_HOME set to the "
+        "instance `kseg run` records into, so its runs, lineage and metadata show.",
+    )  # fmt: skip
+    ui.add_argument("--port", type=int, default=3000, help="port of the web UI (default 3000)")
     return parser
+
+
+def _ui(port: int) -> int:
+    import os
+    import shutil
+
+    from assets.run import open_instance, project_home
+    from assets.storage import PROJECT_ROOT
+
+    home = project_home()
+    open_instance(home)  # creates the folder and its dagster.yaml on first use
+    dagster = shutil.which("dagster", path=os.path.dirname(sys.executable)) or "dagster"
+    os.environ["DAGSTER_HOME"] = str(home)
+    os.chdir(PROJECT_ROOT)
+    os.execv(dagster, [dagster, "dev", "-w", "workspace.yaml", "-p", str(port)])
+    return 0  # not reached: execv replaces this process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_samples(dest):
             print(path)
         return 0
+    if args.command == "ui":
+        return _ui(args.port)
     from assets.run import run_command
 
     return run_command(incoming=args.incoming, all_=args.all_)
