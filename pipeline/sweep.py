@@ -25,6 +25,7 @@ most, which can only lower the objective; the better of the two is kept.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -293,24 +294,40 @@ def _split_inits(points, weights, prev, n_best, rng):
     return [np.vstack([prev, cand[i]]) for i in order if gain[i] > 0]
 
 
-def _fit_colours(levels: ColourLevels, k, prev, seed):
+def _restarts(levels: ColourLevels, k: int, seed: int):
+    """The best of several k-means++ restarts for K, on the 5-bit bins.
+
+    Restarts run both on the 5-bit bins and on the 4-bit bins (refined on the 5-bit
+    ones): different levels land in different basins. Independent of other K.
+    """
+    from threadpoolctl import threadpool_limits
+
+    seeds, coarse = levels.seeds, levels.coarse
+    with threadpool_limits(limits=1):  # also in worker threads, which start unlimited
+        best = _kmeans(coarse.means, coarse.weights, "k-means++", k, seed, _N_INIT)
+        start = _kmeans(seeds.means, seeds.weights, "k-means++", k, seed, _N_INIT)
+        other = _kmeans(coarse.means, coarse.weights, start.cluster_centers_, k, seed)
+    iterations = int(best.n_iter_ + start.n_iter_ + other.n_iter_)
+    return (other if other.inertia_ < best.inertia_ else best), iterations
+
+
+def _binned(levels: ColourLevels, k: int) -> bool:
+    """Whether K is fitted on the bins (else directly on the few distinct colours)."""
+    return levels.seeds.means.shape[0] > k and levels.fine.means.shape[0] > k
+
+
+def _fit_colours(levels: ColourLevels, k, prev, seed, restart):
     """Centres for K on the colour levels, coarse to fine.
 
-    Candidates, all fitted on the 5-bit bins: the best of several k-means++ runs
-    there, the best of several on the 4-bit bins (different seeds land in different
-    basins), and the best few greedy splits of the K-1 solution.
-    The candidate with the lowest objective is polished on the 6-bit bins.
+    Candidates, all fitted on the 5-bit bins: ``restart`` (see :func:`_restarts`)
+    and the best few greedy splits of the K-1 solution. The candidate with the
+    lowest objective is polished on the 6-bit bins.
     """
-    seeds, coarse, fine = levels.seeds, levels.coarse, levels.fine
-    if seeds.means.shape[0] <= k or fine.means.shape[0] <= k:
+    if not _binned(levels, k):
         model = _kmeans(levels.points, levels.weights, "k-means++", k, seed, _N_INIT)
         return model.cluster_centers_, int(model.n_iter_)
-    best = _kmeans(coarse.means, coarse.weights, "k-means++", k, seed, _N_INIT)
-    start = _kmeans(seeds.means, seeds.weights, "k-means++", k, seed, _N_INIT)
-    other = _kmeans(coarse.means, coarse.weights, start.cluster_centers_, k, seed)
-    iterations = best.n_iter_ + start.n_iter_ + other.n_iter_
-    if other.inertia_ < best.inertia_:
-        best = other
+    coarse, fine = levels.coarse, levels.fine
+    best, iterations = restart
     if prev is not None and prev.shape[0] == k - 1:
         rng = np.random.default_rng([seed, k])
         for init in _split_inits(coarse.means, coarse.weights, prev, _N_SPLITS, rng):
@@ -320,6 +337,23 @@ def _fit_colours(levels: ColourLevels, k, prev, seed):
                 best = greedy
     polished = _kmeans(fine.means, fine.weights, best.cluster_centers_, k, seed)
     return polished.cluster_centers_, int(iterations + polished.n_iter_)
+
+
+def _all_restarts(levels: ColourLevels, ks: list[int], seed: int) -> dict[int, tuple]:
+    """:func:`_restarts` for every K, two at a time.
+
+    scikit-learn's Lloyd iterations release the GIL, so two single-threaded fits in
+    two Python threads use both cores without OpenMP's busy-waiting threads (which
+    made a loaded machine several times slower). Results do not depend on the
+    order: every fit has its own fixed seed.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [k for k in ks if _binned(levels, k)]
+    if not todo:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        return dict(zip(todo, pool.map(lambda k: _restarts(levels, k, seed), todo), strict=True))
 
 
 def _colour_metrics(levels: ColourLevels, centres, wcss, bin_labels, n_pixels):
@@ -393,6 +427,10 @@ def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) ->
         points, weights = levels.points, levels.weights
         n_distinct = hist.n_colours
         strategy = "distinct-colours"
+    restarts = {}
+    if levels is not None:
+        effective = sorted({min(k, n_distinct) for k in settings.sweep_k_values} - {1})
+        restarts = _all_restarts(levels, [k for k in effective if k < n_distinct], settings.seed)
     sil_sample = rng.choice(points.shape[0], size=SILHOUETTE_SAMPLE, p=weights / weights.sum())
     mean = (weights @ points) / weights.sum()
     rows_out, centres_out = [], {}
@@ -409,7 +447,9 @@ def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) ->
             model = _kmeans(points, weights, "k-means++", k_eff, settings.seed, 3)
             centres, iterations = model.cluster_centers_, int(model.n_iter_)
         else:
-            centres, iterations = _fit_colours(levels, k_eff, prev, settings.seed)
+            centres, iterations = _fit_colours(
+                levels, k_eff, prev, settings.seed, restarts.get(k_eff)
+            )
         wcss, bin_labels = _wcss(rgb, hist, levels, index, centres, settings)
         if prev is not None and wcss > prev_wcss:
             # A worse local minimum than K-1: the K-1 centres plus the costliest point
