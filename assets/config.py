@@ -20,35 +20,48 @@ _D = SegmentSettings()
 class SegmentationConfig(dg.Config):
     """How every image of the run is segmented."""
 
-    k_min: int = Field(default=_D.k_min, description=f"Smallest K that may be chosen (1-{MAX_K}).")
+    k_min: int = Field(
+        default=_D.k_min,
+        description=f"Smallest number of segments K that may be chosen (1-{MAX_K}).",
+    )
     k_max: int = Field(
-        default=_D.k_max, description=f"Largest K that may be chosen (2-{MAX_K}, >= k_min)."
+        default=_D.k_max,
+        description=f"Largest K tried by the sweep and allowed to be chosen (2-{MAX_K}, "
+        "at least k_min).",
     )
     features: str = Field(
         default=_D.features,
-        description=f"Colour space of the clustering features: {', '.join(COLOUR_SPACES)}. "
-        "Lab is close to perceptually uniform.",
+        description=f"Colour space the pixels are clustered in: {', '.join(COLOUR_SPACES)} "
+        "(in lab, distances are close to how different colours look).",
     )
     spatial_weight: float = Field(
         default=_D.spatial_weight,
-        description="Weight of pixel position (0-10; 0 = colour only, exact and fastest).",
+        description="How much pixel position counts next to colour (0-10; 0 = colour only, "
+        "exact and fastest; more gives more compact segments).",
     )
     min_strength: float = Field(
         default=_D.min_strength,
-        description="Elbow sensitivity (0-1): a knee weaker than this counts as no clear elbow.",
+        description="Knee strength (0-1) an elbow needs to count as clear; below it the "
+        "fallback rule chooses K.",
     )
     fallback: str = Field(
         default=_D.fallback,
-        description=f"Rule when there is no clear elbow: {', '.join(FALLBACKS)} "
-        "(variance: smallest K explaining variance_target; knee: keep the weak knee).",
+        description=f"How K is chosen when there is no clear elbow: {', '.join(FALLBACKS)} "
+        "(variance: the smallest K explaining variance_target of the variance; knee: the "
+        "weak knee anyway).",
     )
     variance_target: float = Field(
         default=_D.variance_target,
-        description="Explained-variance share used by the variance fallback, in (0, 1).",
+        description="Share of the variance K must explain under the variance fallback, "
+        "between 0 and 1 exclusive (0.8 = 80%).",
     )
-    seed: int = Field(default=_D.seed, description="Random seed (same seed, same result).")
+    seed: int = Field(
+        default=_D.seed, description="Random seed of K-means (same seed, same result)."
+    )
     k_override: int | None = Field(
-        default=None, description="Use this K for every image and skip the elbow (empty = auto)."
+        default=None,
+        description="Use this K for every image instead of the elbow (leave unset to choose "
+        "K automatically).",
     )
 
     def to_settings(self) -> SegmentSettings:

@@ -42,7 +42,12 @@ def _observe(context: dg.AssetExecutionContext, storage: KsegStorage):
         if image is None:
             context.log.warning(f"partition {key}: no such image in {storage.incoming()}")
             continue
-        data = image.path.read_bytes()
+        try:
+            data = image.path.read_bytes()
+        except OSError as exc:  # one unreadable file must not fail the other observations
+            reason = exc.strerror or exc
+            context.log.warning(f"partition {key}: cannot read {image.path} ({reason})")
+            continue
         yield observation(
             asset_key=dg.AssetKey(SOURCE),
             partition=key,
@@ -62,8 +67,9 @@ with warnings.catch_warnings():
         specs=[
             dg.AssetSpec(
                 SOURCE,
-                description="An image file in the incoming folder; its data version is the "
-                "SHA-256 of its bytes.",
+                description="An image file in the incoming folder, one partition per file; "
+                "its data version is the SHA-256 of its bytes, so a replaced file shows "
+                "what was made from it as unsynced.",
                 group_name=GROUP_IMAGES,
                 kinds={"file"},
                 partitions_def=IMAGES,
@@ -169,6 +175,6 @@ def pixel_features(work: ImageWork) -> StepOutcome:
         **outcome.common_metadata(work.store, FEATURES_FILE),
         "dagster/row_count": outcome.manifest.info["rows"],
         "dagster/column_schema": column_schema(schema),
-        "features": outcome.manifest.info["features"],
+        "colour_space": outcome.manifest.info["features"],
     }
     return outcome

@@ -3,12 +3,14 @@
 Partition keys
 --------------
 A key is derived from the file's path relative to the incoming folder (``/``
-separators, Unicode NFC):
+separators):
 
-1. the *slug*: the path in lower case, every run of characters outside ``a-z0-9``
-   replaced by one ``-``, trimmed of ``-`` and cut to 48 characters (``image`` if
-   nothing is left);
-2. the *tag*: the first 10 hex digits of the SHA-256 of the relative path;
+1. the *slug*: the path (Unicode NFC) in lower case, every run of characters outside
+   ``a-z0-9`` replaced by one ``-``, trimmed of ``-`` and cut to 48 characters
+   (``image`` if nothing is left);
+2. the *tag*: the first 10 hex digits of the SHA-256 of the exact relative path (its
+   bytes on disk), so two files whose names differ only in Unicode normalisation
+   (``café`` composed and decomposed) get different keys;
 3. the key is ``<slug>-<tag>``, e.g. ``cats/Tabby 1.JPG`` -> ``cats-tabby-1-jpg-<tag>``.
 
 So a key uses only ``a-z``, ``0-9`` and ``-`` (none of the characters that break
@@ -24,7 +26,8 @@ Scanning
 extension is in :data:`pipeline.images.SUPPORTED_EXTENSIONS` (any case), and skips
 dot-files, dot-folders and temporary files (``~``, ``.tmp``, ``.part``, ...).
 Symbolic links to files inside the folder are used; links that lead outside it
-are refused (reported, never read). Linked folders are not followed.
+are refused (reported, never read). Linked folders are not followed. Names that
+are not valid UTF-8 are refused (they cannot be shown or stored as text).
 """
 
 from __future__ import annotations
@@ -57,9 +60,18 @@ _TAG_HEX = 10
 _TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".download", ".swp")
 
 
+def _clean(relpath: str) -> str:
+    """``/`` separators, no empty or ``.`` segments; the characters left as they are."""
+    return "/".join(p for p in relpath.replace(os.sep, "/").split("/") if p not in ("", "."))
+
+
 def _normalise(relpath: str) -> str:
-    parts = [p for p in relpath.replace(os.sep, "/").split("/") if p not in ("", ".")]
-    return unicodedata.normalize("NFC", "/".join(parts))
+    return unicodedata.normalize("NFC", _clean(relpath))
+
+
+def _printable(relpath: str) -> str:
+    """``relpath`` with bytes that are not UTF-8 (lone surrogates) shown as U+FFFD."""
+    return relpath.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def partition_key_for(relpath: str) -> str:
@@ -86,7 +98,8 @@ def partition_key_for(relpath: str) -> str:
     if not norm or ".." in norm.split("/"):
         raise ValueError(f"expected a path inside the incoming folder, got {relpath!r}")
     slug = re.sub(r"[^a-z0-9]+", "-", norm.lower()).strip("-")[:_SLUG_MAX].strip("-")
-    tag = hashlib.sha256(norm.encode("utf-8")).hexdigest()[:_TAG_HEX]
+    exact = _clean(relpath).encode("utf-8", "surrogateescape")  # the name's bytes on disk
+    tag = hashlib.sha256(exact).hexdigest()[:_TAG_HEX]
     return f"{slug or 'image'}-{tag}"
 
 
@@ -185,7 +198,7 @@ def scan_incoming(root: str | os.PathLike[str]) -> Scan:
                 continue
             if os.path.islink(full):
                 if not _inside(os.path.realpath(full), real_root):
-                    rel = _normalise(os.path.join(rel_dir, name))
+                    rel = _printable(_clean(os.path.join(rel_dir, name)))
                     refused.append(Refused(rel, "linked folder leads outside the incoming folder"))
                 continue
             kept.append(name)
@@ -194,7 +207,10 @@ def scan_incoming(root: str | os.PathLike[str]) -> Scan:
             if _is_temporary(name) or os.path.splitext(name)[1].lower() not in SUPPORTED_EXTENSIONS:
                 continue
             full = os.path.join(dirpath, name)
-            rel = _normalise(os.path.join(rel_dir, name))
+            rel = _clean(os.path.join(rel_dir, name))
+            if _printable(rel) != rel:
+                refused.append(Refused(_printable(rel), "file name is not valid UTF-8"))
+                continue
             if os.path.islink(full):
                 target = os.path.realpath(full)
                 if not _inside(target, real_root):
@@ -222,7 +238,7 @@ def resolve_source(root: str | os.PathLike[str], relpath: str) -> Path:
         If the path (after following links) is outside ``root``.
     """
     base = Path(root).expanduser().absolute()
-    norm = _normalise(relpath)
+    norm = _clean(relpath)  # not NFC: the name must stay the one on disk
     if not norm or ".." in norm.split("/") or os.path.isabs(relpath):
         raise ValueError(f"{relpath!r} is not a path inside the incoming folder")
     path = base / norm

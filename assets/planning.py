@@ -50,7 +50,12 @@ def plan(
         if all(recorded[asset][image.key] is None for asset in IMAGE_ASSETS):
             new.append(image.key)
             continue
-        expected = chain_keys(sha256_bytes(image.path.read_bytes()), settings)
+        try:
+            data = image.path.read_bytes()
+        except OSError:  # unreadable or gone since the scan: the run reports it per file
+            stale.append(image.key)
+            continue
+        expected = chain_keys(sha256_bytes(data), settings)
         for asset in IMAGE_ASSETS:
             if recorded[asset][image.key] != expected[asset] or not store.intact(
                 image.key, asset, expected[asset]

@@ -1,9 +1,10 @@
 """``segmentation_report``: one row per registered image, across all partitions.
 
 The report reads each partition's manifests and ``chosen_k.json`` from the store
-(small files), never the outputs of every partition through an IO manager. Its
-cache key hashes every partition's step keys, so an unchanged set of images and
-outputs is a cache hit. It is written as Parquet and shown as a markdown table.
+(small files; ``chosen_k``'s files are checked against their SHA-256 first and count
+as missing if they do not match), never the outputs of every partition through an IO
+manager. Its cache key hashes every partition's step keys, so an unchanged set of
+images and outputs is a cache hit. It is written as Parquet and shown as a markdown table.
 """
 
 import io
@@ -105,6 +106,9 @@ def report_rows(store: Store, partitions: list[str]) -> tuple[pd.DataFrame, list
     rows, inputs = [], []
     for partition in partitions:
         manifests = {asset: store.manifest(partition, asset) for asset in IMAGE_ASSETS}
+        chosen = manifests[CHOSEN]
+        if chosen is not None and not store.verify(chosen):  # the files the report reads
+            manifests[CHOSEN] = None  # damaged or half-replaced (a killed run): not "ok"
         inputs += [
             f"{partition}/{asset}/{m.cache_key if m else '-'}" for asset, m in manifests.items()
         ]
@@ -121,6 +125,8 @@ def report_rows(store: Store, partitions: list[str]) -> tuple[pd.DataFrame, list
     code_version=CODE_VERSIONS[REPORT],
     deps=list(IMAGE_ASSETS),
     check_specs=report_check_specs(),
+    description="A summary with one row per registered image: status, size, chosen K, knee "
+    "strength, WCSS at K, seconds and output paths (Parquet; a table in the metadata).",
 )
 def segmentation_report(
     context: dg.AssetExecutionContext, storage: KsegStorage

@@ -78,7 +78,7 @@ def elbow_metrics(work: ImageWork) -> StepOutcome:
         "dagster/column_schema": column_schema(pa.Schema.from_pandas(result.table)),
         "wcss_curve": frame_table(result.table, columns=list(METRIC_COLUMNS)),
         "unique_colours": info["n_colours"],
-        "strategy": info["strategy"],
+        "sweep_strategy": info["strategy"],
         "sweep_seconds": round(info["sweep_seconds"], 4),
     }
     return outcome

@@ -12,7 +12,9 @@ Events: for every asset and partition the step logs its own
 and provenance (see :mod:`assets.provenance` for why), then the partition's
 check evaluations. A bad image fails only its own partition: the other images of
 the batch are materialised, and the step then fails with a
-:class:`dagster.Failure` naming every failed file and the reason.
+:class:`dagster.Failure` naming every failed file and the reason. Each image is
+processed under its store lock (:meth:`assets.store.Store.lock`), so two runs on
+the same image never interleave their writes.
 """
 
 import time
@@ -24,6 +26,7 @@ import dagster as dg
 
 from pipeline.errors import KsegError
 
+from .automation import IMAGE_AUTOMATION_CONDITION
 from .cache import STEP_INPUTS
 from .checks import image_check_specs
 from .config import SegmentationConfig, settings_or_failure
@@ -54,15 +57,22 @@ from .work import ImageWork, StepOutcome
 __all__ = ["IMAGE_SPECS", "image_steps"]
 
 _DESCRIPTIONS = {
-    RAW: "The decoded image as normalised 8-bit RGB (lossless PNG) with its original "
-    "format, mode, size and orientation.",
-    FEATURES: "One row per pixel: position, RGB and colour-space features (Parquet).",
-    ELBOW: "One row per K: WCSS, explained variance, other indices, seconds, iterations "
-    "and centres (Parquet).",
-    CHOSEN: "The chosen K with its method, knee strength and reason (JSON).",
-    SEGMENTED: "Each pixel painted with its segment's mean colour (PNG).",
-    LABELS: "The segment index of each pixel, 0..K-1 by lightness (8- or 16-bit PNG).",
-    STATS: "One row per segment: size, mean colour, centroid, bounding box, components (Parquet).",
+    RAW: "The image decoded to upright 8-bit RGB, transparency flattened, stored as a "
+    "lossless PNG; its metadata keeps the file's original format, mode, size and orientation.",
+    FEATURES: "The clustering input: one row per pixel with its position, RGB values and "
+    "colour-space channels (Parquet).",
+    ELBOW: "The K sweep: K-means for every K in the range, one row per K with WCSS "
+    "(within-cluster sum of squares), explained variance, other quality indices, time, "
+    "iterations and cluster centres (Parquet).",
+    CHOSEN: "The number of segments K, chosen at the elbow of the WCSS curve (or by the "
+    "fallback rule or the override), with knee strength and reason (JSON); its metadata "
+    "shows the elbow plot.",
+    SEGMENTED: "The segmented picture: every pixel painted with its segment's mean colour "
+    "(PNG); its metadata shows a preview (original | segmented | boundaries).",
+    LABELS: "The segment number of each pixel, 0..K-1, darkest segment first (8- or 16-bit "
+    "greyscale PNG).",
+    STATS: "One row per segment: pixel count and share, mean colour, centroid, bounding box "
+    "and number of connected pieces (Parquet).",
 }
 _KINDS = {
     RAW: {"python", "png"},
@@ -92,6 +102,7 @@ IMAGE_SPECS = [
         code_version=CODE_VERSIONS[asset],
         partitions_def=IMAGES,
         skippable=True,
+        automation_condition=IMAGE_AUTOMATION_CONDITION,  # see assets.automation
     )
     for asset in IMAGE_ASSETS
 ]
@@ -211,7 +222,8 @@ def image_steps(
             if not is_valid_partition_key(partition):
                 raise KsegError(f"refusing partition key {partition!r}: not a kseg key")
             work = ImageWork(store, partition, settings, sources.get(partition))
-            yield from _process(context, records, work, selected, storage.incoming())
+            with store.lock(partition):
+                yield from _process(context, records, work, selected, storage.incoming())
         except KsegError as exc:
             failures.append((partition, str(exc)))
             context.log.error(f"{partition}: {exc}")

@@ -9,6 +9,7 @@ universal-pathlib)::
                                   ...
     <root>/report/segmentation_report.parquet
                   segmentation_report.manifest.json
+    <root>/locks/<partition key>.lock     (local roots: one run at a time per image)
 
 Each step writes its files first and its manifest last, every file under a
 temporary name renamed into place, so a reader never sees half a file. The
@@ -20,6 +21,14 @@ still has the recorded SHA-256; only then is it reused.
 Partition keys and file names are checked against a strict alphabet and, for
 local roots, every resolved path must lie inside the root, so nothing is ever
 written outside it.
+
+Two runs on the same image: :meth:`Store.lock` is an exclusive per-partition file
+lock (``flock``, so the kernel releases it when its holder dies, even by SIGKILL).
+The per-image steps hold it while they look up, compute, save and describe one
+image's outputs, so a second run waits and then finds a consistent, complete set
+(cache hits for the same settings). Remote (fsspec) roots have no lock; there the
+atomic renames and the SHA-256 check on every reuse still mean a mix of two runs'
+files is never taken for a cache hit: it is recomputed.
 """
 
 from __future__ import annotations
@@ -33,11 +42,12 @@ import pathlib
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from filelock import FileLock, Timeout
 from upath import UPath
 
 from pipeline.errors import KsegError
@@ -45,9 +55,19 @@ from pipeline.io import atomic_write_bytes
 
 from .incoming import is_valid_partition_key
 
-__all__ = ["MANIFEST_VERSION", "FileEntry", "Manifest", "Store", "StoreError", "parquet_bytes"]
+__all__ = [
+    "LOCK_TIMEOUT",
+    "MANIFEST_VERSION",
+    "FileEntry",
+    "Manifest",
+    "Store",
+    "StoreError",
+    "parquet_bytes",
+]
 
 MANIFEST_VERSION = 1
+#: Longest wait (seconds) for another run to release an image's lock.
+LOCK_TIMEOUT = 3600.0
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*(?:\.[a-z0-9_]+)*$")
 _CHUNK = 1 << 20
 
@@ -221,6 +241,46 @@ class Store:
         if manifest is None or manifest.cache_key != cache_key or not self.verify(manifest):
             return None
         return manifest
+
+    # -- locking ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, partition: str | None, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+        """Hold the exclusive lock of ``partition`` (``report`` for None) for the block.
+
+        Local roots only (``<root>/locks/<key>.lock``); a no-op for remote roots. Once
+        an image's lock is held no other writer of its folder is alive, so temporary
+        files left there by a killed writer are removed.
+
+        Raises
+        ------
+        StoreError
+            If the key is invalid, or another holder keeps the lock for ``timeout`` s.
+        """
+        folder = self.folder(partition)  # checks the key
+        if not self.local:
+            yield
+            return
+        name = folder.name
+        target = self.root / "locks" / f"{name}.lock"
+        root = self._real_root
+        if os.path.commonpath([root, os.path.realpath(target)]) != root:
+            raise StoreError(f"refusing to use {str(target)!r}: it is outside {root!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(os.fspath(target), timeout=timeout)
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise StoreError(
+                f"{name}: another run kept this image locked for {timeout:g} s; try again later"
+            ) from exc
+        try:
+            if partition is not None:
+                for leftover in folder.glob(".*.tmp"):
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
+            yield
+        finally:
+            lock.release()
 
     # -- writing ----------------------------------------------------------------------
     def _write(self, target: UPath, data: bytes) -> None:

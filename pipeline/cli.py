@@ -99,12 +99,22 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
+def _printable(text: str) -> str:
+    """``text`` with undecodable bytes of a file name (lone surrogates) as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _out_dirs(paths: list[str], out: Path) -> list[Path]:
-    """One output folder per image, named by stem; repeated stems get -2, -3, ..."""
+    """One output folder per image, named by stem; repeated stems get -2, -3, ...
+
+    A stem that would leave ``out`` (``...png`` has the stem ``..``) or name it
+    (``..png``: ``.``) becomes ``image``; undecodable bytes are spelt ``\\xNN``.
+    """
     seen: dict[str, int] = {}
     dirs = []
     for p in paths:
-        stem = Path(p).stem or "image"
+        stem = _printable(Path(p).stem)
+        stem = "image" if stem in ("", ".", "..") else stem
         seen[stem] = seen.get(stem, 0) + 1
         dirs.append(out / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
     return dirs
@@ -188,7 +198,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     )
     for r in rows:
         size = f"{r['width']}x{r['height']}"
-        name = r["image"] if len(r["image"]) <= 32 else "…" + r["image"][-31:]
+        name = _printable(r["image"])
+        name = name if len(name) <= 32 else "…" + name[-31:]
         print(
             f"{name:<32} {size:>11} {r['n_colours']:>8} {r['k']:>3} "
             f"{r['knee_strength']:>8.2f}  {r['reason']:<15} {r['seconds']:>6.2f}"
@@ -226,6 +237,10 @@ def segment_command(args: argparse.Namespace) -> int:
         except OSError as exc:  # e.g. the output folder is not writable
             failed += 1
             print(f"kseg: error: {path}: cannot write outputs ({exc})", file=sys.stderr)
+        except Exception as exc:  # a bug: still one line naming the file, never a traceback
+            failed += 1
+            detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            print(f"kseg: error: {path}: unexpected error ({detail})", file=sys.stderr)
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -44,10 +44,17 @@ class DagsterDev:
         Extra environment variables.
     startup_timeout : float
         Seconds to wait for ``/server_info``.
+    nux : bool
+        Leave Dagster's first-visit community pop-up on (off by default).
     """
 
     def __init__(
-        self, workdir: Path, *, env: dict[str, str] | None = None, startup_timeout: float = 120
+        self,
+        workdir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 120,
+        nux: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.home = self.workdir / "home"
@@ -58,13 +65,14 @@ class DagsterDev:
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
         self.startup_timeout = startup_timeout
+        self.nux = nux
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> DagsterDev:
         for folder in (self.home, self.incoming, self.store):
             folder.mkdir(parents=True, exist_ok=True)
         (self.home / "dagster.yaml").write_text(
-            "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+            "telemetry:\n  enabled: false\n" + ("" if self.nux else "nux:\n  enabled: false\n")
         )
         env = {
             **os.environ,
