@@ -103,3 +103,19 @@ def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str 
 def store_mtimes(root: Path) -> dict[str, int]:
     """Modification time (ns) of every file under ``root``."""
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def requested_partition_keys(
+    instance: dg.DagsterInstance, requests: list[dg.RunRequest]
+) -> list[str]:
+    """Partition keys covered by run ``requests`` (single partitions and ranges)."""
+    order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
+    keys = []
+    for request in requests:
+        if request.partition_key is not None:
+            keys.append(request.partition_key)
+        else:
+            start = order.index(request.tags["dagster/asset_partition_range_start"])
+            end = order.index(request.tags["dagster/asset_partition_range_end"])
+            keys += order[start : end + 1]
+    return keys

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster_helpers import run_job, write_image
+from dagster_helpers import requested_partition_keys, run_job, write_image
 
 from assets.automation import STATUS_ENV
 from assets.definitions import build_defs
@@ -40,20 +40,6 @@ def evaluate(
         repository_def=build_defs(storage).get_repository_def(),
     ) as context:
         return schedule.evaluate_tick(context)
-
-
-def covered(instance: dg.DagsterInstance, requests: list[dg.RunRequest]) -> list[str]:
-    """Partition keys covered by ``requests`` (single partitions and ranges)."""
-    order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
-    keys = []
-    for request in requests:
-        if request.partition_key is not None:
-            keys.append(request.partition_key)
-        else:
-            start = order.index(request.tags["dagster/asset_partition_range_start"])
-            end = order.index(request.tags["dagster/asset_partition_range_end"])
-            keys += order[start : end + 1]
-    return keys
 
 
 def test_the_schedule_is_nightly_running_and_targets_segment_images() -> None:
@@ -103,7 +89,9 @@ def test_only_stale_missing_and_failed_images_are_requested(
     data = evaluate(resegmentation_schedule, instance, storage)
     assert data.skip_message is None
     requests = list(data.run_requests or [])
-    assert sorted(covered(instance, requests)) == sorted([never, settings, damaged, broken])
+    assert sorted(requested_partition_keys(instance, requests)) == sorted(
+        [never, settings, damaged, broken]
+    )
     for request in requests:
         assert request.asset_selection == SELECTION and not request.run_config
         assert request.tags["kseg/launched_by"] == SCHEDULE_NAME

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster_helpers import QUIET, materializations, write_image
+from dagster_helpers import QUIET, materializations, requested_partition_keys, write_image
 
 from assets.automation import STATUS_ENV
 from assets.definitions import build_defs
@@ -103,16 +103,7 @@ class Driver:
 
     def requested_keys(self, requests: list[dg.RunRequest]) -> list[str]:
         """Partition keys covered by ``requests`` (single partitions and ranges)."""
-        order = self.partitions()
-        keys = []
-        for request in requests:
-            if request.partition_key is not None:
-                keys.append(request.partition_key)
-            else:
-                start = order.index(request.tags["dagster/asset_partition_range_start"])
-                end = order.index(request.tags["dagster/asset_partition_range_end"])
-                keys += order[start : end + 1]
-        return keys
+        return requested_partition_keys(self.instance, requests)
 
 
 @pytest.fixture
