@@ -43,11 +43,11 @@ GROUP_REPORT = "report"
 CODE_VERSIONS = {
     RAW: "1",
     FEATURES: "1",
-    ELBOW: "1",
-    CHOSEN: "1",
-    SEGMENTED: "1",
-    LABELS: "1",
-    STATS: "1",
+    ELBOW: "2",  # 2: coarse-to-fine search with greedy splits and removals
+    CHOSEN: "2",
+    SEGMENTED: "2",  # 2: labels ordered by the lightness of the mean RGB colour
+    LABELS: "2",
+    STATS: "2",
     REPORT: "1",
 }
 

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .colours import COLOUR_CHANNELS, colour_histogram, convert_colours
+from .colours import COLOUR_CHANNELS, colour_histogram
 from .errors import KsegError
 from .io import atomic_write
 
@@ -95,7 +95,7 @@ def feature_table(rgb: np.ndarray, *, features: str = "lab") -> pa.Table:
     columns = [xs, ys, flat[:, 0].copy(), flat[:, 1].copy(), flat[:, 2].copy()]
     if features != "rgb":
         hist = colour_histogram(rgb)
-        values = convert_colours(hist.colours, features).astype(np.float32)
+        values = hist.features(features).astype(np.float32)
         index = hist.pixel_index(rgb).ravel()
         columns += [values[index, i] for i in range(3)]
     return pa.Table.from_arrays([pa.array(c) for c in columns], schema=schema)

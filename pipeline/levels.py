@@ -9,15 +9,15 @@ on bins optimises a close proxy of the exact objective at a fraction of the cost
 The exact WCSS at given centres is then evaluated without visiting most colours:
 by the parallel-axis theorem, the members of a bin that all go to one centre ``c``
 cost ``W_b * |m_b - c|^2 + S_b`` (``W_b`` total weight, ``m_b`` mean, ``S_b`` the
-bin's own scatter, precomputed). A bin whose mean is nearer its closest centre than
-its second closest by more than twice the bin's radius provably sends every member
-to the same centre (triangle inequality); only the remaining *boundary* bins have
+bin's own scatter, precomputed). A bin whose mean lies farther than the bin's
+radius from the plane bisecting its nearest centre and every other centre provably
+sends every member to the same centre; only the remaining *boundary* bins have
 their members assigned one by one. The result equals the sum over all pixels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -62,18 +62,27 @@ class _Bins:
     means: np.ndarray  # (B, D) weighted mean feature of each bin
     weights: np.ndarray  # (B,) total pixel count of each bin
     inverse: np.ndarray  # (M,) bin of each distinct colour
-    radius: np.ndarray  # (B,) max distance of a member from the bin mean
+    radius: np.ndarray  # (B,) bound on the distance of a member from the bin mean
     scatter: np.ndarray  # (B,) sum of w * |x - mean|^2 over the bin's members
+    keys: np.ndarray  # (B,) the bin's RGB prefix, packed (r << 2b | g << b | b), ascending
+    bits: int
+    parent_of: np.ndarray | None = None  # (B_child,) this level's bin of each finer bin
+
+
+def _occupied(keys: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each key among the occupied keys, and the occupied keys (ascending)."""
+    occupied = np.bincount(keys, minlength=1 << (3 * bits))
+    present = np.flatnonzero(occupied)
+    remap = np.cumsum(occupied > 0) - 1
+    return remap[keys], present
 
 
 def _bin(hist: ColourHistogram, points: np.ndarray, bits: int) -> _Bins:
+    """Bins of the distinct colours by the top ``bits`` bits of each channel."""
     shift = 8 - bits
     c = (hist.colours >> shift).astype(np.int64)
-    key = (c[:, 0] << (2 * bits)) | (c[:, 1] << bits) | c[:, 2]
-    occupied = np.bincount(key, minlength=1 << (3 * bits))
-    remap = np.cumsum(occupied > 0) - 1
-    inverse = remap[key]
-    n_bins = int(remap[-1]) + 1
+    inverse, keys = _occupied((c[:, 0] << (2 * bits)) | (c[:, 1] << bits) | c[:, 2], bits)
+    n_bins = keys.size
     w = hist.counts.astype(np.float64)
     weights = np.bincount(inverse, weights=w, minlength=n_bins)
     sums = np.column_stack(
@@ -85,7 +94,60 @@ def _bin(hist: ColourHistogram, points: np.ndarray, bits: int) -> _Bins:
     scatter = np.bincount(inverse, weights=w * sq, minlength=n_bins)
     radius = np.zeros(n_bins)
     np.maximum.at(radius, inverse, np.sqrt(sq))
-    return _Bins(means, weights, inverse, radius, scatter)
+    return _Bins(means, weights, inverse, radius, scatter, keys, bits)
+
+
+def _merge(child: _Bins) -> _Bins:
+    """The bins one bit coarser, built from ``child``'s bins rather than from the colours.
+
+    Exact for weights, means and scatter (parallel-axis theorem: a parent's scatter is
+    its children's plus each child's weight times its squared offset from the parent
+    mean); the radius becomes the bound ``max(child radius + child offset)``, which
+    is all the boundary test needs.
+    """
+    b, bits = child.bits, child.bits - 1
+    mask = (1 << b) - 1
+    r, g, bl = child.keys >> (2 * b), (child.keys >> b) & mask, child.keys & mask
+    parent, keys = _occupied(((r >> 1) << (2 * bits)) | ((g >> 1) << bits) | (bl >> 1), bits)
+    n_bins = keys.size
+    weights = np.bincount(parent, weights=child.weights, minlength=n_bins)
+    wm = child.weights[:, None] * child.means
+    sums = np.column_stack(
+        [np.bincount(parent, weights=wm[:, d], minlength=n_bins) for d in range(wm.shape[1])]
+    )
+    means = sums / weights[:, None]
+    diff = child.means - means[parent]
+    sq = np.einsum("ij,ij->i", diff, diff)
+    scatter = np.bincount(parent, weights=child.scatter + child.weights * sq, minlength=n_bins)
+    radius = np.zeros(n_bins)
+    np.maximum.at(radius, parent, child.radius + np.sqrt(sq))
+    return _Bins(means, weights, parent[child.inverse], radius, scatter, keys, bits, parent)
+
+
+def _settled(
+    bins: _Bins, which: np.ndarray | None, centres: np.ndarray, c_sq: np.ndarray, gaps
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest centre of some bins' means, its squared distance, and whether it is settled.
+
+    A member x of a bin (|x - m| <= r) stays with the mean's nearest centre l
+    against any centre j when m is farther than r from their bisecting plane:
+    ``d_j - d_l > 2 r |c_j - c_l|``. A bin passing that for every j is *settled*:
+    all its members go to l. The slack absorbs the rounding of the distances.
+    """
+    means = bins.means if which is None else bins.means[which]
+    radius = bins.radius if which is None else bins.radius[which]
+    d = means @ (-2.0 * centres.T)
+    d += np.einsum("ij,ij->i", means, means)[:, None]
+    d += c_sq[None, :]
+    np.maximum(d, 0.0, out=d)
+    rows = np.arange(d.shape[0])
+    labels = np.argmin(d, axis=1).astype(np.int32)
+    nearest = d[rows, labels]
+    slack = 1e-9 * (float(d.max(initial=0.0)) + float(c_sq.max()) + 1.0)
+    d -= nearest[:, None]
+    d -= 2.0 * radius[:, None] * gaps[labels]
+    d[rows, labels] = np.inf
+    return labels, nearest, d.min(axis=1, initial=np.inf) > slack
 
 
 @dataclass(frozen=True)
@@ -99,7 +161,8 @@ class ColourLevels:
     weights : (M,) ndarray of float64
         Pixel count of each distinct colour.
     fine, coarse, seeds : _Bins
-        6-bit, 5-bit and 4-bit bins of the distinct colours.
+        6-bit, 5-bit and 4-bit bins of the distinct colours (the coarser two built by
+        merging the finer).
     total_ss : float
         Total sum of squares about the weighted mean (= WCSS at K=1), exact.
     """
@@ -110,6 +173,9 @@ class ColourLevels:
     coarse: _Bins
     seeds: _Bins
     total_ss: float
+    _fine_order: np.ndarray = field(repr=False)  # distinct colours sorted by fine bin
+    _fine_start: np.ndarray = field(repr=False)  # first position of each fine bin in it
+    _fine_count: np.ndarray = field(repr=False)  # distinct colours in each fine bin
 
     @property
     def mean(self) -> np.ndarray:
@@ -119,6 +185,10 @@ class ColourLevels:
     def exact_wcss(self, centres: np.ndarray) -> tuple[float, np.ndarray, float]:
         """Exact WCSS over all pixels at ``centres``, and each fine bin's centre.
 
+        Coarse to fine: a 5-bit bin that provably goes to one centre contributes
+        whole; the fine bins of the others are tested in turn, and only the members
+        of fine bins on a boundary are assigned one by one.
+
         Returns
         -------
         wcss : float
@@ -127,24 +197,38 @@ class ColourLevels:
         boundary_share : float
             Share of distinct colours that had to be assigned one by one.
         """
-        bins = self.fine
-        k = centres.shape[0]
-        d = (bins.means**2).sum(axis=1)[:, None] - 2.0 * bins.means @ centres.T
-        d += (centres**2).sum(axis=1)[None, :]
-        np.maximum(d, 0.0, out=d)
-        if k == 1:
+        fine, coarse = self.fine, self.coarse
+        if centres.shape[0] == 1:
+            d = ((fine.means - centres[0]) ** 2).sum(axis=1)
             labels = np.zeros(d.shape[0], dtype=np.int32)
-            return float(bins.weights @ d[:, 0] + bins.scatter.sum()), labels, 0.0
-        two = np.partition(d, 1, axis=1)[:, :2]
-        labels = np.argmin(d, axis=1).astype(np.int32)
-        gap = np.sqrt(np.maximum(two[:, 1], 0)) - np.sqrt(np.maximum(two[:, 0], 0))
-        safe = gap > 2.0 * bins.radius * (1 + 1e-9) + 1e-9
-        wcss = float(bins.weights[safe] @ two[safe, 0] + bins.scatter[safe].sum())
-        members = ~safe[bins.inverse]
-        if members.any():
+            return float(fine.weights @ d + fine.scatter.sum()), labels, 0.0
+        c_sq = np.einsum("ij,ij->i", centres, centres)
+        gaps = np.sqrt(np.maximum(c_sq[:, None] - 2.0 * centres @ centres.T + c_sq[None, :], 0))
+        c_labels, c_near, c_safe = _settled(coarse, None, centres, c_sq, gaps)
+        wcss = float(coarse.weights[c_safe] @ c_near[c_safe] + coarse.scatter[c_safe].sum())
+        # Every member of a settled coarse bin, so every fine bin mean in it, goes to
+        # the coarse bin's centre (a Voronoi cell is convex).
+        bin_labels = c_labels[coarse.parent_of]
+        open_bins = np.flatnonzero(~c_safe[coarse.parent_of])
+        f_labels, f_near, f_safe = _settled(fine, open_bins, centres, c_sq, gaps)
+        bin_labels[open_bins] = f_labels
+        done = open_bins[f_safe]
+        wcss += float(fine.weights[done] @ f_near[f_safe] + fine.scatter[done].sum())
+        members = self._members(open_bins[~f_safe])
+        if members.size:
             _, sq = nearest_centres(self.points[members], centres)
             wcss += float(self.weights[members] @ sq)
-        return wcss, labels, float(members.mean())
+        return wcss, bin_labels, members.size / self.points.shape[0]
+
+    def _members(self, bins: np.ndarray) -> np.ndarray:
+        """Indices of the distinct colours in the given fine bins."""
+        start, count = self._fine_start[bins], self._fine_count[bins]
+        total = int(count.sum())
+        if total == 0:
+            return np.zeros(0, dtype=np.int64)
+        # Concatenated ranges start[i] .. start[i] + count[i], without a Python loop.
+        offsets = np.repeat(start - (np.cumsum(count) - count), count)
+        return self._fine_order[offsets + np.arange(total)]
 
     def labels(self, centres: np.ndarray) -> np.ndarray:
         """Nearest centre of every distinct colour, shape (M,), int32."""
@@ -168,6 +252,9 @@ def build_levels(hist: ColourHistogram, points: np.ndarray) -> ColourLevels:
     mean = (weights @ points) / weights.sum()
     diff = points - mean
     total = float(weights @ np.einsum("ij,ij->i", diff, diff))
-    return ColourLevels(
-        points, weights, _bin(hist, points, 6), _bin(hist, points, 5), _bin(hist, points, 4), total
-    )
+    fine = _bin(hist, points, 6)
+    coarse = _merge(fine)
+    order = np.argsort(fine.inverse, kind="stable")
+    count = np.bincount(fine.inverse, minlength=fine.keys.size)
+    start = np.cumsum(count) - count
+    return ColourLevels(points, weights, fine, coarse, _merge(coarse), total, order, start, count)

@@ -1,8 +1,8 @@
 """Turn cluster centres into a segmentation: labels, painted image, overlay, table.
 
-Labels are ordered by the lightness (CIE L*) of each segment's mean colour, darkest
-first, ties broken by a* then b*, so the same image and centres always give the
-same label numbers.
+Labels are ordered by the lightness (CIE L*) of each segment's mean RGB colour (the
+colour it is painted with), darkest first, ties broken by a* then b*, so the same
+image and centres always give the same label numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .colours import ColourHistogram, colour_histogram, convert_colours
+from .colours import ColourHistogram, colour_histogram
 from .levels import nearest_centres
 from .settings import SegmentSettings
 from .sweep import assign_labels
@@ -65,24 +65,24 @@ class Segmentation:
     wcss: float
 
 
-def _weighted_means(
-    labels: np.ndarray, weights: np.ndarray, colours: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Total weight, mean RGB and mean Lab of each label, from weighted colours."""
+def _colour_sums(
+    labels: np.ndarray, hist: ColourHistogram, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel count and mean RGB of each label, from per-colour labels (exact)."""
+    weights = hist.counts.astype(np.float64)
     counts = np.bincount(labels, weights=weights, minlength=k)
-    safe = np.maximum(counts, 1)[:, None]
-    rgb = colours.astype(np.float64)
-    lab = convert_colours(colours, "lab")
+    sums = np.column_stack(
+        [np.bincount(labels, weights=weights * hist.colours[:, c], minlength=k) for c in range(3)]
+    )
+    return counts, sums / np.maximum(counts, 1)[:, None]
 
-    def means(values: np.ndarray) -> np.ndarray:
-        return (
-            np.column_stack(
-                [np.bincount(labels, weights=weights * values[:, c], minlength=k) for c in range(3)]
-            )
-            / safe
-        )
 
-    return counts, means(rgb), means(lab)
+def _lightness_order(mean_rgb: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """``present`` labels sorted by the CIE Lab of their mean colour: L*, then a*, then b*."""
+    from skimage.color import rgb2lab
+
+    lab = rgb2lab((mean_rgb[present] / 255.0).reshape(-1, 1, 3)).reshape(-1, 3)
+    return present[np.lexsort((lab[:, 2], lab[:, 1], lab[:, 0]))]
 
 
 def _segment_sums(
@@ -95,7 +95,7 @@ def _segment_sums(
     counts = pair.sum(axis=0)
     safe = np.maximum(counts, 1)[:, None]
     mean_rgb = pair.T @ hist.colours.astype(np.float64) / safe
-    mean_lab = pair.T @ convert_colours(hist.colours, "lab") / safe
+    mean_lab = pair.T @ hist.features("lab") / safe
     return counts, mean_rgb, mean_lab
 
 
@@ -126,20 +126,17 @@ def segment(
     k_in = centres.shape[0]
     if settings.spatial_weight == 0:
         # Colour only: one label per distinct colour, so every sum is over colours.
-        features = convert_colours(hist.colours, settings.features)
+        features = hist.features(settings.features)
         colour_labels, sq = nearest_centres(features, centres)
         wcss = float(hist.counts @ sq)
-        counts, mean_rgb, mean_lab = _weighted_means(
-            colour_labels, hist.counts.astype(np.float64), hist.colours, k_in
-        )
+        counts, mean_rgb = _colour_sums(colour_labels, hist, k_in)
     else:
         raw, wcss = assign_labels(
             rgb, centres, features=settings.features,
             spatial_weight=settings.spatial_weight, hist=hist,
         )  # fmt: skip
-        counts, mean_rgb, mean_lab = _segment_sums(rgb, raw, hist, k_in)
-    present = np.flatnonzero(counts > 0)
-    order = present[np.lexsort((mean_lab[present, 2], mean_lab[present, 1], mean_lab[present, 0]))]
+        counts, mean_rgb, _ = _segment_sums(rgb, raw, hist, k_in)
+    order = _lightness_order(mean_rgb, np.flatnonzero(counts > 0))
     dtype = np.uint8 if order.size <= 256 else np.uint16
     remap = np.zeros(k_in, dtype=dtype)
     remap[order] = np.arange(order.size, dtype=dtype)
@@ -148,8 +145,9 @@ def segment(
     else:
         labels = remap[raw]
     colours = np.clip(np.rint(mean_rgb[order]), 0, 255).astype(np.uint8)
+    segmented = np.take(colours, labels, axis=0)  # a third faster than colours[labels]
     return Segmentation(
-        labels=labels, colours=colours, segmented=colours[labels], k=int(order.size), wcss=wcss
+        labels=labels, colours=colours, segmented=segmented, k=int(order.size), wcss=wcss
     )
 
 

@@ -25,7 +25,6 @@ most, which can only lower the objective; the better of the two is kept.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,9 +32,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .colours import COLOUR_SPANS, ColourHistogram, colour_histogram, convert_colours
+from .colours import COLOUR_SPANS, ColourHistogram, colour_histogram
 from .errors import KsegError
 from .levels import ColourLevels, build_levels, nearest_centres
+from .search import Fit, kmeans, search_centres
 from .settings import SegmentSettings
 
 if TYPE_CHECKING:
@@ -69,9 +69,7 @@ METRIC_COLUMNS = (
     "iterations",
 )
 
-_N_INIT = 5  # k-means++ initialisations per K, on the 5-bit bins
-_N_SPLITS = 2  # greedy splits of the K-1 solution tried per K
-_N_CANDIDATES = 32  # new-centre candidates scored per K for the greedy splits
+_N_INIT = 5  # k-means++ initialisations per K when fitting few distinct colours directly
 _CHUNK = 262_144
 
 
@@ -165,13 +163,18 @@ def _weighted_indices(points, weights, labels, k):
     return ch, db
 
 
-def _silhouette(points, labels):
+def _silhouette(distances, labels):
+    """Silhouette of a labelling of the sample whose pairwise ``distances`` are given.
+
+    The distance matrix of the fixed sample is computed once per sweep and shared
+    by every K (scikit-learn's ``metric="precomputed"``).
+    """
     from sklearn.metrics import silhouette_score
 
     n_labels = np.unique(labels).size
     if n_labels < 2 or n_labels > labels.size - 1:
         return float("nan")
-    return float(silhouette_score(points, labels))
+    return float(silhouette_score(distances, labels, metric="precomputed"))
 
 
 def pixel_features(
@@ -244,7 +247,7 @@ def assign_labels(
         Sum over pixels of the squared distance to the assigned centre.
     """
     hist = colour_histogram(rgb) if hist is None else hist
-    colour_features = convert_colours(hist.colours, features)
+    colour_features = hist.features(features)
     height, width = rgb.shape[:2]
     if spatial_weight == 0:
         lab, sq = nearest_centres(colour_features, centres)
@@ -264,96 +267,13 @@ def assign_labels(
     return labels.reshape(height, width), wcss
 
 
-def _kmeans(points, weights, init, k, seed, n_init=1, max_iter=300):
-    from sklearn.cluster import KMeans  # lazy: scikit-learn costs ~0.5 s to import
-
-    model = KMeans(n_clusters=k, init=init, n_init=n_init, max_iter=max_iter, random_state=seed)
-    model.fit(points, sample_weight=weights)
-    return model
-
-
-def _split_inits(points, weights, prev, n_best, rng):
-    """The K-1 centres plus each of the ``n_best`` best single new centres.
-
-    Candidates are drawn k-means++ style (in proportion to their cost under the
-    K-1 centres) and scored by how much they would lower the objective if added,
-    the "fast global k-means" rule of Likas et al. (2003) on a candidate sample.
-    """
-    _, d = nearest_centres(points, prev)
-    p = weights * d
-    if p.sum() <= 0:
-        return []
-    cand = points[np.unique(rng.choice(points.shape[0], size=_N_CANDIDATES, p=p / p.sum()))]
-    dist = (
-        np.einsum("ij,ij->i", cand, cand)[:, None]
-        - 2.0 * cand @ points.T
-        + np.einsum("ij,ij->i", points, points)[None, :]
-    )
-    gain = np.maximum(d[None, :] - dist, 0.0) @ weights
-    order = np.argsort(-gain, kind="stable")[:n_best]
-    return [np.vstack([prev, cand[i]]) for i in order if gain[i] > 0]
-
-
-def _restarts(levels: ColourLevels, k: int, seed: int):
-    """The best of several k-means++ restarts for K, on the 5-bit bins.
-
-    Restarts run both on the 5-bit bins and on the 4-bit bins (refined on the 5-bit
-    ones): different levels land in different basins. Independent of other K.
-    """
-    from threadpoolctl import threadpool_limits
-
-    seeds, coarse = levels.seeds, levels.coarse
-    with threadpool_limits(limits=1):  # also in worker threads, which start unlimited
-        best = _kmeans(coarse.means, coarse.weights, "k-means++", k, seed, _N_INIT)
-        start = _kmeans(seeds.means, seeds.weights, "k-means++", k, seed, _N_INIT)
-        other = _kmeans(coarse.means, coarse.weights, start.cluster_centers_, k, seed)
-    iterations = int(best.n_iter_ + start.n_iter_ + other.n_iter_)
-    return (other if other.inertia_ < best.inertia_ else best), iterations
+def _kmeans(points, weights, init, k, seed, n_init=1):
+    return kmeans(points, weights, init, k, seed, n_init)
 
 
 def _binned(levels: ColourLevels, k: int) -> bool:
-    """Whether K is fitted on the bins (else directly on the few distinct colours)."""
+    """Whether K is searched on the bins (else fitted directly on the few distinct colours)."""
     return levels.seeds.means.shape[0] > k and levels.fine.means.shape[0] > k
-
-
-def _fit_colours(levels: ColourLevels, k, prev, seed, restart):
-    """Centres for K on the colour levels, coarse to fine.
-
-    Candidates, all fitted on the 5-bit bins: ``restart`` (see :func:`_restarts`)
-    and the best few greedy splits of the K-1 solution. The candidate with the
-    lowest objective is polished on the 6-bit bins.
-    """
-    if not _binned(levels, k):
-        model = _kmeans(levels.points, levels.weights, "k-means++", k, seed, _N_INIT)
-        return model.cluster_centers_, int(model.n_iter_)
-    coarse, fine = levels.coarse, levels.fine
-    best, iterations = restart
-    if prev is not None and prev.shape[0] == k - 1:
-        rng = np.random.default_rng([seed, k])
-        for init in _split_inits(coarse.means, coarse.weights, prev, _N_SPLITS, rng):
-            greedy = _kmeans(coarse.means, coarse.weights, init, k, seed)
-            iterations += greedy.n_iter_
-            if greedy.inertia_ < best.inertia_:
-                best = greedy
-    polished = _kmeans(fine.means, fine.weights, best.cluster_centers_, k, seed)
-    return polished.cluster_centers_, int(iterations + polished.n_iter_)
-
-
-def _all_restarts(levels: ColourLevels, ks: list[int], seed: int) -> dict[int, tuple]:
-    """:func:`_restarts` for every K, two at a time.
-
-    scikit-learn's Lloyd iterations release the GIL, so two single-threaded fits in
-    two Python threads use both cores without OpenMP's busy-waiting threads (which
-    made a loaded machine several times slower). Results do not depend on the
-    order: every fit has its own fixed seed.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    todo = [k for k in ks if _binned(levels, k)]
-    if not todo:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        return dict(zip(todo, pool.map(lambda k: _restarts(levels, k, seed), todo), strict=True))
 
 
 def _colour_metrics(levels: ColourLevels, centres, wcss, bin_labels, n_pixels):
@@ -365,11 +285,6 @@ def _colour_metrics(levels: ColourLevels, centres, wcss, bin_labels, n_pixels):
     ch = 1.0 if wcss <= 0 else between * (n_pixels - k) / (wcss * (k - 1))
     _, db = _weighted_indices(levels.fine.means, levels.fine.weights, bin_labels, k)
     return ch, db
-
-
-def _distinct_count(points: np.ndarray, limit: int) -> int:
-    """Number of distinct rows of ``points``, capped: counting stops mattering at ``limit``."""
-    return int(min(np.unique(points, axis=0).shape[0], limit))
 
 
 def sweep(
@@ -391,6 +306,9 @@ def sweep(
         ``wcss`` is exact over all pixels for the centres reported and
         non-increasing in K.
     """
+    # threadpoolctl limits only the libraries already loaded: import scikit-learn's
+    # OpenMP runtime first, or the first fits run with spinning OpenMP threads.
+    import sklearn.cluster  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     # The fits run on at most a few hundred thousand points, where OpenMP and BLAS threads
@@ -400,9 +318,37 @@ def sweep(
         return _sweep(rgb, settings, colour_histogram(rgb) if hist is None else hist)
 
 
+def _timed_fit(func, *args) -> Fit:
+    started = time.perf_counter()
+    model = func(*args)
+    return Fit(model.cluster_centers_, float(model.inertia_), int(model.n_iter_),
+               time.perf_counter() - started)  # fmt: skip
+
+
+def _fits(levels, points, weights, ks, n_distinct, spatial, seed) -> dict[int, Fit]:
+    """Centres for every effective K."""
+    fits: dict[int, Fit] = {}
+    for k in ks:
+        if k == 1:
+            fits[k] = Fit(((weights @ points) / weights.sum())[None, :], float("nan"), 0, 0.0)
+        elif k == n_distinct:
+            fits[k] = Fit(points.copy(), 0.0, 0, 0.0)
+    todo = [k for k in ks if k not in fits]
+    if spatial:
+        return fits | {
+            k: _timed_fit(_kmeans, points, weights, "k-means++", k, seed, 3) for k in todo
+        }
+    binned = [k for k in todo if _binned(levels, k)]
+    fits |= search_centres(levels, binned, seed)
+    for k in todo:  # few distinct colours: fit them directly
+        if k not in fits:
+            fits[k] = _timed_fit(_kmeans, points, weights, "k-means++", k, seed, _N_INIT)
+    return fits
+
+
 def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) -> SweepResult:
     settings.validate()
-    colour_features = convert_colours(hist.colours, settings.features)
+    colour_features = hist.features(settings.features)
     rng = np.random.default_rng(settings.seed)
     spatial = settings.spatial_weight > 0
     levels = index = None
@@ -427,62 +373,82 @@ def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) ->
         points, weights = levels.points, levels.weights
         n_distinct = hist.n_colours
         strategy = "distinct-colours"
-    restarts = {}
-    if levels is not None:
-        effective = sorted({min(k, n_distinct) for k in settings.sweep_k_values} - {1})
-        restarts = _all_restarts(levels, [k for k in effective if k < n_distinct], settings.seed)
-    sil_sample = rng.choice(points.shape[0], size=SILHOUETTE_SAMPLE, p=weights / weights.sum())
-    mean = (weights @ points) / weights.sum()
-    rows_out, centres_out = [], {}
-    prev, prev_wcss = None, np.inf
-    for k in settings.sweep_k_values:
+    k_values = settings.sweep_k_values
+    effective = sorted({min(k, n_distinct) for k in k_values})
+    fits = _fits(levels, points, weights, effective, n_distinct, spatial, settings.seed)
+
+    def evaluate(k: int) -> tuple[float, np.ndarray | None, float]:
         started = time.perf_counter()
-        k_eff = min(k, n_distinct)
-        iterations = 0
-        if k_eff == 1:
-            centres = mean[None, :]
-        elif k_eff == n_distinct:
-            centres = points.copy()
-        elif spatial:
-            model = _kmeans(points, weights, "k-means++", k_eff, settings.seed, 3)
-            centres, iterations = model.cluster_centers_, int(model.n_iter_)
-        else:
-            centres, iterations = _fit_colours(
-                levels, k_eff, prev, settings.seed, restarts.get(k_eff)
-            )
-        wcss, bin_labels = _wcss(rgb, hist, levels, index, centres, settings)
+        wcss, bin_labels = _wcss(rgb, hist, levels, index, fits[k].centres, settings)
+        return wcss, bin_labels, time.perf_counter() - started
+
+    exact = {k: evaluate(k) for k in effective}
+    centres_of, wcss_of, bin_labels_of, seconds_of = {}, {}, {}, {}
+    prev, prev_wcss = None, np.inf
+    for k in effective:
+        centres = fits[k].centres
+        wcss, bin_labels, seconds = exact[k]
+        seconds += fits[k].seconds
         if prev is not None and wcss > prev_wcss:
             # A worse local minimum than K-1: the K-1 centres plus the costliest point
             # can only lower every distance, so this candidate is never above K-1.
+            started = time.perf_counter()
             _, d = nearest_centres(points, prev)
-            fallback = np.vstack([prev, points[np.argmax(weights * d)]])[:k_eff]
-            if fallback.shape[0] < k_eff:
+            fallback = np.vstack([prev, points[np.argmax(weights * d)]])[:k]
+            if fallback.shape[0] < k:
                 fallback = np.vstack([fallback, centres[fallback.shape[0] :]])
             f_wcss, f_bin_labels = _wcss(rgb, hist, levels, index, fallback, settings)
             if f_wcss < wcss:
                 centres, wcss, bin_labels = fallback, f_wcss, f_bin_labels
+            seconds += time.perf_counter() - started
         wcss = min(wcss, prev_wcss)  # guards float rounding of equal objectives only
+        centres_of[k], wcss_of[k], bin_labels_of[k], seconds_of[k] = (
+            centres,
+            wcss,
+            bin_labels,
+            seconds,
+        )
+        prev, prev_wcss = centres, wcss
+
+    sil_sample = rng.choice(points.shape[0], size=SILHOUETTE_SAMPLE, p=weights / weights.sum())
+    sil_points = points[sil_sample]
+    sil_distances = None
+    if np.unique(sil_points, axis=0).shape[0] > 1:
+        from sklearn.metrics import pairwise_distances
+
+        sil_distances = pairwise_distances(sil_points)
+
+    def metrics(k: int) -> tuple[float, float, float, float]:
+        started = time.perf_counter()
+        centres = centres_of[k]
         if spatial or levels is None:
             labels, _ = nearest_centres(points, centres)
-            ch, db = _weighted_indices(points, weights, labels, k_eff)
+            ch, db = _weighted_indices(points, weights, labels, k)
             sil_labels = labels[sil_sample]
         else:
-            ch, db = _colour_metrics(levels, centres, wcss, bin_labels, hist.n_pixels)
-            sil_labels = nearest_centres(points[sil_sample], centres)[0]
+            ch, db = _colour_metrics(levels, centres, wcss_of[k], bin_labels_of[k], hist.n_pixels)
+            sil_labels = nearest_centres(sil_points, centres)[0]
+        sil = float("nan") if sil_distances is None else _silhouette(sil_distances, sil_labels)
+        return ch, db, sil, time.perf_counter() - started
+
+    measured = {k: metrics(k) for k in effective}
+    rows_out, centres_out = [], {}
+    for k in k_values:
+        k_eff = min(k, n_distinct)
+        ch, db, sil, seconds = measured[k_eff]
         rows_out.append(
             {
                 "k": k,
                 "k_effective": k_eff,
-                "wcss": wcss,
-                "silhouette": _silhouette(points[sil_sample], sil_labels),
+                "wcss": wcss_of[k_eff],
+                "silhouette": sil,
                 "calinski_harabasz": ch,
                 "davies_bouldin": db,
-                "seconds": time.perf_counter() - started,
-                "iterations": iterations,
+                "seconds": seconds_of[k_eff] + seconds,
+                "iterations": fits[k_eff].iterations,
             }
         )
-        centres_out[k] = centres
-        prev, prev_wcss = centres, wcss
+        centres_out[k] = centres_of[k_eff]
     table = pd.DataFrame(rows_out)
     total = float(table["wcss"].iloc[0])
     table["explained_variance"] = 1.0 - table["wcss"] / total if total > 0 else 1.0

@@ -1,0 +1,214 @@
+"""Search for good K-means centres for every K on the colour levels, coarse to fine.
+
+K-means has many local minima, and one k-means++ start per K lands in a poor one
+often enough to put a visible kink in the elbow curve. The search therefore looks
+at several starts per K, but pays for most of them on small proxies of the image
+(the binned levels of :mod:`pipeline.levels`):
+
+1. *Restarts* (independent per K): ``N_RESTARTS`` k-means++
+   starts on the 4-bit bins (a few thousand points); the ``N_REFINED`` best
+   distinct ones are refined on the 5-bit bins.
+2. *Greedy splits* (K ascending): the best K-1 solution plus one new centre,
+   chosen among candidates by how much it would lower the objective ("fast global
+   k-means", Likas et al. 2003), refined on the 5-bit bins.
+3. *Greedy removals* (K descending): the best K+1 solution minus the centre whose
+   removal costs least, refined on the 5-bit bins. Splits carry good solutions
+   upwards and removals carry them downwards, so one unlucky K is repaired from
+   its neighbours.
+4. *Polish*: the winner on the 5-bit bins is refined on the
+   6-bit bins, whose weighted means are a close proxy of the exact distinct
+   colours.
+
+The caller evaluates the objective exactly at the centres found; this module only
+chooses them. Every fit has a fixed seed and none depends on thread timing, so the
+result is deterministic.
+
+Everything runs on one thread (the caller limits OpenMP and BLAS to one). Running
+independent K in two Python threads was measured slower, not faster: most of a
+fit on a few thousand points is scikit-learn's Python-level work, which holds the
+GIL, and the threads' separate allocator arenas made later stages slower too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .levels import ColourLevels, nearest_centres
+
+__all__ = ["Fit", "kmeans", "search_centres"]
+
+#: k-means++ starts per K on the 4-bit bins.
+N_RESTARTS = 8
+#: Best distinct restarts per K refined on the 5-bit bins.
+N_REFINED = 2
+#: Greedy splits of the K-1 solution and removals from the K+1 solution tried per K.
+N_GREEDY = 3
+#: Candidate new centres scored per greedy split.
+N_CANDIDATES = 32
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Centres found for one K, with their objective on the level they were fitted on.
+
+    Attributes
+    ----------
+    centres : (K, D) ndarray of float64
+    inertia : float
+        Weighted objective on the fitting level (a proxy; not the exact WCSS).
+    iterations : int
+        Lloyd iterations spent on this K, over all candidates.
+    seconds : float
+        Time spent fitting this K, over all candidates.
+    """
+
+    centres: np.ndarray
+    inertia: float
+    iterations: int
+    seconds: float
+
+
+def kmeans(
+    points: np.ndarray,
+    weights: np.ndarray,
+    init: np.ndarray | str,
+    k: int,
+    seed: int,
+    n_init: int = 1,
+    max_iter: int = 300,
+):
+    """Weighted K-means with scikit-learn (Lloyd), returning the fitted estimator."""
+    from sklearn.cluster import KMeans  # lazy: scikit-learn costs ~0.5 s to import
+
+    model = KMeans(n_clusters=k, init=init, n_init=n_init, max_iter=max_iter, random_state=seed)
+    return model.fit(points, sample_weight=weights)
+
+
+def _restart_seed(seed: int, k: int, i: int) -> int:
+    """A distinct, reproducible random state for restart ``i`` of K."""
+    return int(np.random.SeedSequence([seed, k, i]).generate_state(1)[0])
+
+
+def _restarts(levels: ColourLevels, k: int, seed: int) -> Fit:
+    """Best of ``N_RESTARTS`` k-means++ starts on the 4-bit bins, refined on the 5-bit."""
+    started = time.perf_counter()
+    seeds, coarse = levels.seeds, levels.coarse
+    starts = [
+        kmeans(seeds.means, seeds.weights, "k-means++", k, _restart_seed(seed, k, i))
+        for i in range(N_RESTARTS)
+    ]
+    starts.sort(key=lambda m: m.inertia_)
+    iterations = sum(int(m.n_iter_) for m in starts)
+    chosen: list = []
+    for m in starts:  # distinct minima only: equal objectives are the same basin
+        if all(not np.isclose(m.inertia_, c.inertia_, rtol=1e-9) for c in chosen):
+            chosen.append(m)
+        if len(chosen) == N_REFINED:
+            break
+    best = None
+    for m in chosen:
+        refined = kmeans(coarse.means, coarse.weights, m.cluster_centers_, k, seed)
+        iterations += int(refined.n_iter_)
+        if best is None or refined.inertia_ < best.inertia_:
+            best = refined
+    seconds = time.perf_counter() - started
+    return Fit(best.cluster_centers_, float(best.inertia_), iterations, seconds)
+
+
+def _split_inits(
+    points: np.ndarray, weights: np.ndarray, prev: np.ndarray, n_best: int, rng
+) -> list[np.ndarray]:
+    """The K-1 centres plus each of the ``n_best`` best single new centres.
+
+    Candidates are drawn k-means++ style (in proportion to their cost under the
+    K-1 centres) and scored by how much they would lower the objective if added.
+    """
+    _, d = nearest_centres(points, prev)
+    p = weights * d
+    if p.sum() <= 0:
+        return []
+    cand = points[np.unique(rng.choice(points.shape[0], size=N_CANDIDATES, p=p / p.sum()))]
+    dist = (
+        np.einsum("ij,ij->i", cand, cand)[:, None]
+        - 2.0 * cand @ points.T
+        + np.einsum("ij,ij->i", points, points)[None, :]
+    )
+    gain = np.maximum(d[None, :] - dist, 0.0) @ weights
+    order = np.argsort(-gain, kind="stable")[:n_best]
+    return [np.vstack([prev, cand[i]]) for i in order if gain[i] > 0]
+
+
+def _removal_inits(
+    points: np.ndarray, weights: np.ndarray, centres: np.ndarray, n_best: int
+) -> list[np.ndarray]:
+    """The K+1 centres minus each of the ``n_best`` centres cheapest to remove.
+
+    Removing a centre moves its points to their second-nearest centre; the cost is
+    the weighted sum of those points' extra squared distance.
+    """
+    d = np.einsum("ij,ij->i", centres, centres)[None, :] - 2.0 * points @ centres.T
+    d += np.einsum("ij,ij->i", points, points)[:, None]
+    two = np.partition(d, 1, axis=1)
+    loss = np.bincount(
+        np.argmin(d, axis=1), weights=weights * (two[:, 1] - two[:, 0]), minlength=len(centres)
+    )
+    order = np.argsort(loss, kind="stable")[:n_best]
+    return [np.delete(centres, j, axis=0) for j in order]
+
+
+def _improve(best: Fit, k: int, inits: list[np.ndarray], levels: ColourLevels, seed: int) -> Fit:
+    """Refine each init on the 5-bit bins; keep the lowest objective."""
+    started = time.perf_counter()
+    coarse = levels.coarse
+    centres, inertia, iterations = best.centres, best.inertia, best.iterations
+    for init in inits:
+        model = kmeans(coarse.means, coarse.weights, init, k, seed)
+        iterations += int(model.n_iter_)
+        if model.inertia_ < inertia:
+            centres, inertia = model.cluster_centers_, float(model.inertia_)
+    return Fit(centres, inertia, iterations, best.seconds + time.perf_counter() - started)
+
+
+def search_centres(levels: ColourLevels, ks: list[int], seed: int) -> dict[int, Fit]:
+    """Good K-means centres for every K of ``ks``, searched on the binned levels.
+
+    Parameters
+    ----------
+    levels : ColourLevels
+    ks : list of int
+        Distinct K values, each at least 2 and below the number of 4-bit bins.
+    seed : int
+
+    Returns
+    -------
+    dict of int to Fit
+        Centres polished on the 6-bit bins; ``inertia`` is on those bins.
+    """
+    ks = sorted(ks)
+    best = {k: _restarts(levels, k, seed) for k in ks}
+    coarse = levels.coarse
+    for k in ks:  # greedy splits, carrying good solutions upwards
+        if k - 1 in best:
+            rng = np.random.default_rng([seed, k])
+            inits = _split_inits(coarse.means, coarse.weights, best[k - 1].centres, N_GREEDY, rng)
+            best[k] = _improve(best[k], k, inits, levels, seed)
+    for k in reversed(ks):  # greedy removals, carrying them downwards
+        if k - 1 in best:
+            inits = _removal_inits(coarse.means, coarse.weights, best[k].centres, N_GREEDY)
+            best[k - 1] = _improve(best[k - 1], k - 1, inits, levels, seed)
+
+    def polish(k: int) -> Fit:
+        started = time.perf_counter()
+        fine, fit = levels.fine, best[k]
+        model = kmeans(fine.means, fine.weights, fit.centres, k, seed)
+        return Fit(
+            model.cluster_centers_,
+            float(model.inertia_),
+            fit.iterations + int(model.n_iter_),
+            fit.seconds + time.perf_counter() - started,
+        )
+
+    return {k: polish(k) for k in ks}
