@@ -136,8 +136,12 @@ def raw_image(work: ImageWork) -> StepOutcome:
 
     outcome = work.run(RAW, compute)
     info = outcome.manifest.info
-    outcome.metadata = {
-        **outcome.common_metadata(work.store, RAW_FILE),
+    work.describe(outcome, RAW_FILE, lambda: (_raw_metadata(info), []))
+    return outcome
+
+
+def _raw_metadata(info: dict) -> dict:
+    return {
         "source_path": info["source_path"],
         "source_file": dg.MetadataValue.path(info["source_file"]),
         "source_sha256": info["source_sha256"],
@@ -152,7 +156,6 @@ def raw_image(work: ImageWork) -> StepOutcome:
         "unique_colours": info["unique_colours"],
         "notes": "; ".join(info["notes"]) or "none",
     }
-    return outcome
 
 
 def pixel_features(work: ImageWork) -> StepOutcome:
@@ -167,14 +170,18 @@ def pixel_features(work: ImageWork) -> StepOutcome:
         return {FEATURES_FILE: parquet_bytes(table)}, info
 
     outcome = work.run(FEATURES, compute)
-    height, width = work.image_size()
-    with work.store.open(work.partition, FEATURES_FILE) as stream:
-        schema = pq.read_schema(stream)
-        outcome.checks = [feature_rows_from_parquet(stream, height, width)]
-    outcome.metadata = {
-        **outcome.common_metadata(work.store, FEATURES_FILE),
-        "dagster/row_count": outcome.manifest.info["rows"],
-        "dagster/column_schema": column_schema(schema),
-        "colour_space": outcome.manifest.info["features"],
-    }
+
+    def describe():
+        height, width = work.image_size()
+        with work.store.open(work.partition, FEATURES_FILE) as stream:
+            schema = pq.read_schema(stream)
+            check = feature_rows_from_parquet(stream, height, width)
+        metadata = {
+            "dagster/row_count": outcome.manifest.info["rows"],
+            "dagster/column_schema": column_schema(schema),
+            "colour_space": outcome.manifest.info["features"],
+        }
+        return metadata, [check]
+
+    work.describe(outcome, FEATURES_FILE, describe)
     return outcome

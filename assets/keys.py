@@ -10,6 +10,7 @@ __all__ = [
     "BATCH_SIZE",
     "CHECKS",
     "CODE_VERSIONS",
+    "DESCRIBE_VERSION",
     "GROUP_IMAGES",
     "GROUP_REPORT",
     "GROUP_SEGMENTATION",
@@ -50,6 +51,11 @@ CODE_VERSIONS = {
     STATS: "2",
     REPORT: "1",
 }
+
+#: Version of the code that derives each step's metadata and check results from its
+#: stored output (they are saved once per output and reused on cache hits): bump it
+#: when that code changes what it reports, so saved descriptions are derived again.
+DESCRIBE_VERSION = "1"
 
 #: Asset checks: name -> the asset it checks.
 CHECKS = {

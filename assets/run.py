@@ -18,6 +18,7 @@ the other images are still processed.
 """
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -45,13 +46,15 @@ __all__ = [
     "DAGSTER_YAML",
     "RunSummary",
     "build_report",
+    "instance_yaml",
     "materialise",
     "open_instance",
     "project_home",
     "run_command",
 ]
 
-#: The ``dagster.yaml`` written into a new project-local DAGSTER_HOME.
+#: The ``dagster.yaml`` written into a new project-local DAGSTER_HOME (``{runs_dir}``: where
+#: the event log databases go, as Dagster's default SQLite storage puts them).
 DAGSTER_YAML = """\
 # Dagster instance of the kseg project, created by `kseg run`.
 # Open the UI on it with:  DAGSTER_HOME=<this folder> dagster dev -w workspace.yaml
@@ -59,6 +62,12 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+# Dagster's SQLite event log with pooled connections (see assets/event_storage.py).
+event_log_storage:
+  module: assets.event_storage
+  class: PooledSqliteEventLogStorage
+  config:
+    base_dir: {runs_dir}
 """
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -70,13 +79,20 @@ def project_home() -> Path:
     return Path(env).expanduser().absolute() if env else PROJECT_ROOT / ".dagster_home"
 
 
+def instance_yaml(home: Path) -> str:
+    """The ``dagster.yaml`` of a kseg instance whose DAGSTER_HOME is ``home``."""
+    # A JSON string is a valid YAML scalar whatever characters the path has.
+    runs_dir = json.dumps((Path(home).absolute() / "history" / "runs").as_posix())
+    return DAGSTER_YAML.format(runs_dir=runs_dir)
+
+
 def open_instance(home: str | os.PathLike[str] | None = None) -> dg.DagsterInstance:
     """The persistent instance in ``home`` (default :func:`project_home`), created if new."""
     path = Path(home).expanduser().absolute() if home else project_home()
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
     if not config.exists():
-        config.write_text(DAGSTER_YAML, encoding="utf-8")
+        config.write_text(instance_yaml(path), encoding="utf-8")
     return dg.DagsterInstance.from_config(str(path))
 
 

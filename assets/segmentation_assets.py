@@ -69,18 +69,21 @@ def elbow_metrics(work: ImageWork) -> StepOutcome:
         return {ELBOW_FILE: parquet_bytes(sweep_to_arrow(result))}, info
 
     outcome = work.run(ELBOW, compute)
-    result = work.sweep()
-    info = outcome.manifest.info
-    outcome.checks = [check_wcss_non_increasing(result.k_values, result.wcss)]
-    outcome.metadata = {
-        **outcome.common_metadata(work.store, ELBOW_FILE),
-        "dagster/row_count": len(result.table),
-        "dagster/column_schema": column_schema(pa.Schema.from_pandas(result.table)),
-        "wcss_curve": frame_table(result.table, columns=list(METRIC_COLUMNS)),
-        "unique_colours": info["n_colours"],
-        "sweep_strategy": info["strategy"],
-        "sweep_seconds": round(info["sweep_seconds"], 4),
-    }
+
+    def describe():
+        result = work.sweep()
+        info = outcome.manifest.info
+        metadata = {
+            "dagster/row_count": len(result.table),
+            "dagster/column_schema": column_schema(pa.Schema.from_pandas(result.table)),
+            "wcss_curve": frame_table(result.table, columns=list(METRIC_COLUMNS)),
+            "unique_colours": info["n_colours"],
+            "sweep_strategy": info["strategy"],
+            "sweep_seconds": round(info["sweep_seconds"], 4),
+        }
+        return metadata, [check_wcss_non_increasing(result.k_values, result.wcss)]
+
+    work.describe(outcome, ELBOW_FILE, describe)
     return outcome
 
 
@@ -115,11 +118,15 @@ def chosen_k(work: ImageWork) -> StepOutcome:
         return files, info
 
     outcome = work.run(CHOSEN, compute)
+    work.describe(outcome, CHOSEN_FILE, lambda: _describe_choice(work))
+    return outcome
+
+
+def _describe_choice(work: ImageWork):
     choice = work.choice()
     document = json.loads(work.read(CHOSEN_FILE))
-    outcome.checks = [check_k_in_range(choice.k, work.settings, capped=choice.capped)]
-    outcome.metadata = {
-        **outcome.common_metadata(work.store, CHOSEN_FILE),
+    checks = [check_k_in_range(choice.k, work.settings, capped=choice.capped)]
+    metadata = {
         "chosen_k": int(choice.k),
         "knee_strength": float(choice.strength),
         "reason": choice.reason,
@@ -131,7 +138,7 @@ def chosen_k(work: ImageWork) -> StepOutcome:
             work.read(PLOT_FILE), alt="elbow plot", caption=f"WCSS versus K; {choice.detail}."
         ),
     }
-    return outcome
+    return metadata, checks
 
 
 def _segmentation(work: ImageWork):
@@ -163,10 +170,9 @@ def _stats_files(work: ImageWork):
     return {STATS_FILE: parquet_bytes(table)}, {"k": seg.k, "rows": len(frame)}
 
 
-def _describe_segmented(work: ImageWork, outcome: StepOutcome) -> None:
+def _describe_segmented(work: ImageWork, outcome: StepOutcome):
     info = outcome.manifest.info
-    outcome.metadata = {
-        **outcome.common_metadata(work.store, SEGMENTED_FILE),
+    metadata = {
         "k": int(info["k"]),
         "wcss": float(info["wcss"]),
         "preview": png_markdown(
@@ -175,25 +181,24 @@ def _describe_segmented(work: ImageWork, outcome: StepOutcome) -> None:
             caption="original | segmented | boundaries",
         ),
     }
+    return metadata, []
 
 
-def _describe_labels(work: ImageWork, outcome: StepOutcome) -> None:
+def _describe_labels(work: ImageWork, outcome: StepOutcome):
     height, width = work.image_size()
     labels = work.lazy("labels_stored", lambda: decode_png(work.read(LABELS_FILE)))
-    outcome.checks = [check_labels(labels, height, width, work.choice().k)]
-    outcome.metadata = {
-        **outcome.common_metadata(work.store, LABELS_FILE),
+    metadata = {
         "k": int(outcome.manifest.info["k"]),
         "dtype": outcome.manifest.info["dtype"],
         "height": height,
         "width": width,
     }
+    return metadata, [check_labels(labels, height, width, work.choice().k)]
 
 
-def _describe_stats(work: ImageWork, outcome: StepOutcome) -> None:
+def _describe_stats(work: ImageWork, outcome: StepOutcome):
     table = pq.read_table(io.BytesIO(work.read(STATS_FILE)))
-    outcome.metadata = {
-        **outcome.common_metadata(work.store, STATS_FILE),
+    metadata = {
         "dagster/row_count": table.num_rows,
         "dagster/column_schema": column_schema(table.schema),
         "segments": frame_table(
@@ -201,6 +206,7 @@ def _describe_stats(work: ImageWork, outcome: StepOutcome) -> None:
             columns=["label", "pixel_count", "share", "mean_r", "mean_g", "mean_b", "n_components"],
         ),
     }
+    return metadata, []
 
 
 _OUTPUTS = {
@@ -214,7 +220,8 @@ def segmentation_output(work: ImageWork, asset: str) -> StepOutcome:
     """One of ``segmented_image``, ``label_map``, ``segment_stats`` (segmenting once per run)."""
     make_files, describe = _OUTPUTS[asset]
     outcome = work.run(asset, lambda: make_files(work))
-    describe(work, outcome)
+    main_file = {SEGMENTED: SEGMENTED_FILE, LABELS: LABELS_FILE, STATS: STATS_FILE}[asset]
+    work.describe(outcome, main_file, lambda: describe(work, outcome))
     return outcome
 
 

@@ -5,6 +5,7 @@ universal-pathlib)::
 
     <root>/images/<partition key>/raw_image.png
                                   raw_image.manifest.json
+                                  raw_image.description.json   (metadata, checks)
                                   pixel_features.parquet
                                   ...
     <root>/report/segmentation_report.parquet
@@ -344,6 +345,46 @@ class Store:
         )
         self._write(manifest_path, manifest.to_json())
         return manifest
+
+    # -- descriptions -----------------------------------------------------------------
+    def _description_path(self, manifest: Manifest) -> UPath:
+        return self.path(manifest.partition, f"{manifest.asset}.description.json")
+
+    def description(self, manifest: Manifest, version: str) -> str | None:
+        """The description saved for exactly ``manifest``'s files, or None.
+
+        A description (the metadata and check results a step derived from its
+        output) is a pure function of the output's bytes, so it is reused only when
+        it was made, by the same ``version`` of the describing code, for the very
+        files the manifest lists (same cache key, same SHA-256 of every file, same
+        summary ``info``).
+        """
+        try:
+            document = json.loads(self._description_path(manifest).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        files = {name: entry.sha256 for name, entry in manifest.files.items()}
+        if (
+            not isinstance(document, dict)
+            or document.get("version") != version
+            or document.get("cache_key") != manifest.cache_key
+            or document.get("files") != files
+            or document.get("info") != manifest.info
+            or not isinstance(document.get("payload"), str)
+        ):
+            return None
+        return document["payload"]
+
+    def save_description(self, manifest: Manifest, version: str, payload: str) -> None:
+        """Store ``payload`` (a string) as the description of ``manifest``'s files."""
+        document = {
+            "version": version,
+            "cache_key": manifest.cache_key,
+            "files": {name: entry.sha256 for name, entry in manifest.files.items()},
+            "info": manifest.info,
+            "payload": payload,
+        }
+        self._write(self._description_path(manifest), json.dumps(document).encode("utf-8"))
 
     def uri(self, partition: str | None, name: str) -> str:
         """The path of a stored file as a string (for metadata and the report)."""

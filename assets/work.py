@@ -6,6 +6,7 @@ earlier in the same run are passed in memory; inputs from earlier runs are read
 from the store, after checking that they are intact.
 """
 
+import dataclasses
 import io
 import json
 import time
@@ -24,7 +25,7 @@ from pipeline.sweep import SweepResult
 from .cache import STEP_INPUTS, step_key
 from .checks import CheckOutcome
 from .incoming import IncomingImage
-from .keys import CHOSEN, CODE_VERSIONS, ELBOW, RAW
+from .keys import CHOSEN, CODE_VERSIONS, DESCRIBE_VERSION, ELBOW, RAW
 from .store import Manifest, Store, StoreError
 
 __all__ = ["ImageWork", "StepOutcome"]
@@ -170,6 +171,49 @@ class ImageWork:
         """(height, width) of the decoded image, from the ``raw_image`` manifest."""
         info = self.manifest(RAW).info
         return int(info["height"]), int(info["width"])
+
+    # -- describing a step's output ---------------------------------------------------
+    def describe(
+        self,
+        outcome: StepOutcome,
+        main_file: str,
+        make: Callable[[], tuple[dict[str, Any], list[CheckOutcome]]],
+    ) -> None:
+        """Fill ``outcome``'s metadata and checks, deriving them once per stored output.
+
+        ``make()`` returns the step's own metadata and its check results, derived
+        from the stored output (e.g. by reading a Parquet file). Both depend only on
+        the output's bytes, so they are saved next to the manifest and, on later
+        cache hits whose files verify with the same SHA-256, read back instead of
+        derived again. The common metadata (cache status, times, path) is per run.
+        """
+        version = f"{DESCRIBE_VERSION}/{CODE_VERSIONS[outcome.asset]}"
+        described = self._saved_description(outcome.manifest, version)
+        if described is None:
+            described = make()
+            payload = dg.serialize_value(
+                {
+                    "metadata": described[0],
+                    "checks": [dataclasses.asdict(check) for check in described[1]],
+                }
+            )
+            self.store.save_description(outcome.manifest, version, payload)
+        metadata, checks = described
+        outcome.metadata = {**outcome.common_metadata(self.store, main_file), **metadata}
+        outcome.checks = checks
+
+    def _saved_description(
+        self, manifest: Manifest, version: str
+    ) -> tuple[dict[str, Any], list[CheckOutcome]] | None:
+        payload = self.store.description(manifest, version)
+        if payload is None:
+            return None
+        try:
+            document = dg.deserialize_value(payload, as_type=dict)
+            checks = [CheckOutcome(**check) for check in document["checks"]]
+            return dict(document["metadata"]), checks
+        except Exception:  # unreadable (e.g. written by another Dagster version): derive again
+            return None
 
     # -- running a step ---------------------------------------------------------------
     def run(self, asset: str, compute: Callable[[], tuple[Files, dict[str, Any]]]) -> StepOutcome:

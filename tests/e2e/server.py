@@ -22,6 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from assets.run import instance_yaml
+
 REPO = Path(__file__).resolve().parents[2]
 DAGSTER = Path(sys.executable).with_name("dagster")
 
@@ -71,9 +73,12 @@ class DagsterDev:
     def __enter__(self) -> DagsterDev:
         for folder in (self.home, self.incoming, self.store):
             folder.mkdir(parents=True, exist_ok=True)
-        (self.home / "dagster.yaml").write_text(
-            "telemetry:\n  enabled: false\n" + ("" if self.nux else "nux:\n  enabled: false\n")
-        )
+        # The instance `kseg run` creates (pooled SQLite event log, telemetry off), so
+        # the UI is tested on the configuration users open it on.
+        config = instance_yaml(self.home)
+        if self.nux:
+            config = config.replace("nux:\n  enabled: false\n", "")
+        (self.home / "dagster.yaml").write_text(config)
         env = {
             **os.environ,
             "DAGSTER_HOME": str(self.home),
