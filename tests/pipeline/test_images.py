@@ -24,6 +24,7 @@ from pipeline.images import (
     load_image,
     to_rgb8,
 )
+from tests.mutations import mutate, mutation
 
 
 def expected_16_to_8(values: np.ndarray) -> np.ndarray:
@@ -591,29 +592,7 @@ def _seed_files() -> dict[str, bytes]:
     return seeds
 
 
-_POSITION = st.integers(0, 10_000)
-_MUTATION = st.one_of(
-    st.tuples(st.just("flip"), _POSITION, st.integers(0, 7)),
-    st.tuples(st.just("set"), _POSITION, st.integers(0, 255)),
-    st.tuples(st.just("insert"), _POSITION, st.binary(min_size=1, max_size=16)),
-    st.tuples(st.just("delete"), _POSITION, st.integers(1, 32)),
-    st.tuples(st.just("truncate"), _POSITION, st.none()),
-)
-
-
-def _mutate(data: bytes, mutations: list[tuple]) -> bytes:
-    buf = bytearray(data)
-    for op, position, arg in mutations:
-        i = position % (len(buf) + 1)
-        if op == "insert":
-            buf[i:i] = arg
-        elif op == "truncate":
-            del buf[i:]
-        elif op == "delete":
-            del buf[i : i + arg]
-        elif i < len(buf):
-            buf[i] = buf[i] ^ (1 << arg) if op == "flip" else arg
-    return bytes(buf)
+_MUTATION = mutation(max_insert=16, max_delete=32, max_position=10_000)
 
 
 @settings(max_examples=500, deadline=None)
@@ -622,7 +601,7 @@ def _mutate(data: bytes, mutations: list[tuple]) -> bytes:
     mutations=st.lists(_MUTATION, min_size=1, max_size=6),
 )
 def test_mutated_files_decode_or_raise_image_error(seed, mutations):
-    data = _mutate(_seed_files()[seed], mutations)
+    data = mutate(_seed_files()[seed], mutations)
     try:
         image = decode_image(data, name="fuzz", max_pixels=1_000_000)
     except ImageError as err:

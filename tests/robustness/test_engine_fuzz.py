@@ -35,6 +35,7 @@ from pipeline.errors import ImageError
 from pipeline.images import LoadedImage, decode_image
 from pipeline.render import decode_png
 from pipeline.settings import SegmentSettings
+from tests.mutations import mutate, mutation
 
 MAX_PIXELS = 4096
 FUZZ = settings(
@@ -220,29 +221,7 @@ def _repair_png_crcs(data: bytes) -> bytes:
     return bytes(out + data[i:])
 
 
-_POSITION = st.integers(0, 4000)
-_MUTATION = st.one_of(
-    st.tuples(st.just("flip"), _POSITION, st.integers(0, 7)),
-    st.tuples(st.just("set"), _POSITION, st.integers(0, 255)),
-    st.tuples(st.just("insert"), _POSITION, st.binary(min_size=1, max_size=8)),
-    st.tuples(st.just("delete"), _POSITION, st.integers(1, 16)),
-    st.tuples(st.just("truncate"), _POSITION, st.none()),
-)
-
-
-def _mutate(data: bytes, mutations) -> bytes:
-    buf = bytearray(data)
-    for op, position, arg in mutations:
-        i = position % (len(buf) + 1)
-        if op == "insert":
-            buf[i:i] = arg
-        elif op == "truncate":
-            del buf[i:]
-        elif op == "delete":
-            del buf[i : i + arg]
-        elif i < len(buf):
-            buf[i] = buf[i] ^ (1 << arg) if op == "flip" else arg
-    return bytes(buf)
+_MUTATION = mutation(max_insert=8, max_delete=16)
 
 
 SETTINGS = SegmentSettings(k_min=2, k_max=4)
@@ -256,7 +235,7 @@ OUTPUTS = {"segmented", "labels", "overlay", "segments", "elbow", "elbow_plot", 
     repair=st.booleans(),
 )
 def test_mutated_files_through_the_whole_engine(seed: str, mutations, repair: bool) -> None:
-    data = _mutate(_seeds()[seed], mutations)
+    data = mutate(_seeds()[seed], mutations)
     data = _repair_png_crcs(data) if repair else data
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "in" / "fuzz.img"

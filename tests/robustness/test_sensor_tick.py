@@ -35,14 +35,16 @@ def tick(defs: dg.Definitions, instance, storage: KsegStorage, cursor: str | Non
     """One evaluation of the sensor, applied as the daemon applies it."""
     # The code location's sensor, built with at most 2 runs per tick (fewer, bigger runs).
     sensor = build_incoming_images_sensor(SensorSettings(max_runs=2))
-    context = dg.build_sensor_context(
+    # A context made from an instance ref opens its own instance: close it with the
+    # tick, or it lingers and breaks later tests ("undefined DagsterInstance weakref").
+    with dg.build_sensor_context(
         instance=instance,
         instance_ref=instance.get_ref(),
         cursor=cursor,
         definitions=defs,
         resources={"storage": storage},
-    )
-    data = sensor.evaluate_tick(context)
+    ) as context:
+        data = sensor.evaluate_tick(context)
     for request in data.dynamic_partitions_requests or []:
         assert isinstance(request, dg.AddDynamicPartitionsRequest)
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
