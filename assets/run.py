@@ -29,6 +29,8 @@ from typing import Any, TextIO
 
 import dagster as dg
 
+from pipeline.io import atomic_write_bytes
+
 from .config import SegmentationConfig
 from .incoming import scan_incoming
 from .keys import BATCH_SIZE, PARTITIONS_NAME
@@ -86,13 +88,26 @@ def instance_yaml(home: Path) -> str:
     return DAGSTER_YAML.format(runs_dir=runs_dir)
 
 
+#: ``dagster.yaml`` texts earlier kseg versions wrote; found unedited, they are upgraded.
+_EARLIER_YAML = (
+    "# Dagster instance of the kseg project, created by `kseg run`.\n"
+    "# Open the UI on it with:  DAGSTER_HOME=<this folder> dagster dev -w workspace.yaml\n"
+    "telemetry:\n  enabled: false\nnux:\n  enabled: false\n",
+)
+
+
 def open_instance(home: str | os.PathLike[str] | None = None) -> dg.DagsterInstance:
-    """The persistent instance in ``home`` (default :func:`project_home`), created if new."""
+    """The persistent instance in ``home`` (default :func:`project_home`), created if new.
+
+    A ``dagster.yaml`` kseg wrote in an earlier version, and nobody edited since, is
+    replaced by the current one (same databases; the event log gains pooled
+    connections). Any other existing file is left as it is.
+    """
     path = Path(home).expanduser().absolute() if home else project_home()
     path.mkdir(parents=True, exist_ok=True)
     config = path / "dagster.yaml"
-    if not config.exists():
-        config.write_text(instance_yaml(path), encoding="utf-8")
+    if not config.exists() or config.read_text(encoding="utf-8") in _EARLIER_YAML:
+        atomic_write_bytes(config, instance_yaml(path).encode("utf-8"))
     return dg.DagsterInstance.from_config(str(path))
 
 

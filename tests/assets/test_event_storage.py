@@ -32,6 +32,26 @@ def test_the_project_instance_uses_the_pooled_storage_in_dagsters_layout(tmp_pat
         instance.dispose()
 
 
+def test_an_unedited_earlier_config_is_upgraded_an_edited_one_kept(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "dagster.yaml").write_text(
+        "# Dagster instance of the kseg project, created by `kseg run`.\n"
+        "# Open the UI on it with:  DAGSTER_HOME=<this folder> dagster dev -w workspace.yaml\n"
+        "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+    )
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    (edited / "dagster.yaml").write_text("telemetry:\n  enabled: false\n# mine\n")
+    for home, pooled in ((old, True), (edited, False)):
+        instance = open_instance(home)
+        try:
+            assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage) is pooled
+        finally:
+            instance.dispose()
+    assert (edited / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n# mine\n"
+
+
 def test_events_written_through_the_pool_are_read_by_a_fresh_instance(
     tmp_path: Path, incoming: Path, storage: KsegStorage
 ) -> None:
