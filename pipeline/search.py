@@ -5,9 +5,9 @@ often enough to put a visible kink in the elbow curve. The search therefore look
 at several starts per K, but pays for most of them on small proxies of the image
 (the binned levels of :mod:`pipeline.levels`):
 
-1. *Restarts* (independent per K): ``N_RESTARTS`` k-means++
-   starts on the 4-bit bins (a few thousand points); the ``N_REFINED`` best
-   distinct ones are refined on the 5-bit bins.
+1. *Restarts* (independent per K): ``N_RESTARTS`` k-means++ starts on the 4-bit
+   bins (a few thousand points); the ``N_REFINED`` best distinct ones are refined
+   on the 5-bit bins.
 2. *Greedy splits* (K ascending): the best K-1 solution plus one new centre,
    chosen among candidates by how much it would lower the objective ("fast global
    k-means", Likas et al. 2003), refined on the 5-bit bins.
@@ -15,9 +15,8 @@ at several starts per K, but pays for most of them on small proxies of the image
    removal costs least, refined on the 5-bit bins. Splits carry good solutions
    upwards and removals carry them downwards, so one unlucky K is repaired from
    its neighbours.
-4. *Polish*: the winner on the 5-bit bins is refined on the
-   6-bit bins, whose weighted means are a close proxy of the exact distinct
-   colours.
+4. *Polish*: the winner on the 5-bit bins is refined on the 6-bit bins, whose
+   weighted means are a close proxy of the exact distinct colours.
 
 The caller evaluates the objective exactly at the centres found; this module only
 chooses them. Every fit has a fixed seed and none depends on thread timing, so the

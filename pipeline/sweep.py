@@ -4,13 +4,14 @@ Two strategies, chosen by the settings:
 
 *Colour only* (``spatial_weight == 0``). Every pixel of the same colour is the
 same point, so weighted K-means on the distinct colours (weights = pixel counts)
-optimises exactly the K-means objective over all pixels. To find good centres
-fast, each K is first fitted on a coarser histogram (colours grouped by their
-top 6 bits per channel; each group represented by the weighted mean of its
-members' features) with several initialisations, then refined with Lloyd
-iterations on the exact distinct colours. The WCSS reported is always evaluated
-exactly at the final centres over every distinct colour with its count, which
-equals the sum over all pixels.
+optimises exactly the K-means objective over all pixels. Good centres are found
+fast on coarser histograms (colours grouped by their top 4, 5 and 6 bits per
+channel, each group represented by the weighted mean of its members' features):
+see :mod:`pipeline.search`. The WCSS reported is always evaluated exactly at the
+final centres over every distinct colour with its count, which equals the sum
+over all pixels (:meth:`pipeline.levels.ColourLevels.exact_wcss`). A K not below
+the number of occupied 4-bit bins (images with very few colours) is fitted on the
+distinct colours directly.
 
 *With position* (``spatial_weight > 0``). Position breaks the collapse, so each
 K is fitted on a fixed-seed sample of pixels (:data:`SPATIAL_SAMPLE` pixels) and
@@ -18,8 +19,8 @@ then every pixel is assigned; WCSS is again summed over every pixel. The
 Calinski-Harabasz and Davies-Bouldin indices are computed on the sample.
 
 In both, WCSS is made non-increasing in K: if a fit for K lands in a worse local
-minimum than K-1, it is re-fitted from the K-1 centres plus the point that costs
-most, which can only lower the objective; the better of the two is kept.
+minimum than K-1, the K-1 centres plus the point that costs most are tried, which
+can only lower the objective; the better of the two is kept.
 """
 
 from __future__ import annotations
