@@ -187,7 +187,9 @@ class ImageWork:
         cache hits whose files verify with the same SHA-256, read back instead of
         derived again. The common metadata (cache status, times, path) is per run.
         """
-        version = f"{DESCRIBE_VERSION}/{CODE_VERSIONS[outcome.asset]}"
+        # The cache key already covers the step's code version; DESCRIBE_VERSION covers
+        # the code that derives the description.
+        version = DESCRIBE_VERSION
         described = self._saved_description(outcome.manifest, version)
         if described is None:
             described = make()

@@ -268,10 +268,6 @@ def assign_labels(
     return labels.reshape(height, width), wcss
 
 
-def _kmeans(points, weights, init, k, seed, n_init=1):
-    return kmeans(points, weights, init, k, seed, n_init)
-
-
 def _binned(levels: ColourLevels, k: int) -> bool:
     """Whether K is searched on the bins (else fitted directly on the few distinct colours)."""
     return levels.seeds.means.shape[0] > k and levels.fine.means.shape[0] > k
@@ -326,9 +322,10 @@ def sweep(
         return _sweep(rgb, settings, colour_histogram(rgb) if hist is None else hist)
 
 
-def _timed_fit(func, *args) -> Fit:
+def _timed_fit(points, weights, k, seed, n_init) -> Fit:
+    """K-means++ with ``n_init`` starts on the points themselves, timed."""
     started = time.perf_counter()
-    model = func(*args)
+    model = kmeans(points, weights, "k-means++", k, seed, n_init)
     return Fit(model.cluster_centers_, float(model.inertia_), int(model.n_iter_),
                time.perf_counter() - started)  # fmt: skip
 
@@ -343,14 +340,12 @@ def _fits(levels, points, weights, ks, n_distinct, spatial, seed) -> dict[int, F
             fits[k] = Fit(points.copy(), 0.0, 0, 0.0)
     todo = [k for k in ks if k not in fits]
     if spatial:
-        return fits | {
-            k: _timed_fit(_kmeans, points, weights, "k-means++", k, seed, 3) for k in todo
-        }
+        return fits | {k: _timed_fit(points, weights, k, seed, 3) for k in todo}
     binned = [k for k in todo if _binned(levels, k)]
     fits |= search_centres(levels, binned, seed)
     for k in todo:  # few distinct colours: fit them directly
         if k not in fits:
-            fits[k] = _timed_fit(_kmeans, points, weights, "k-means++", k, seed, _N_INIT)
+            fits[k] = _timed_fit(points, weights, k, seed, _N_INIT)
     return fits
 
 
@@ -420,11 +415,9 @@ def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) ->
 
     sil_sample = rng.choice(points.shape[0], size=SILHOUETTE_SAMPLE, p=weights / weights.sum())
     sil_points = points[sil_sample]
-    sil_distances = None
-    if np.unique(sil_points, axis=0).shape[0] > 1:
-        from sklearn.metrics import pairwise_distances
+    from sklearn.metrics import pairwise_distances
 
-        sil_distances = pairwise_distances(sil_points)
+    sil_distances = pairwise_distances(sil_points)  # once, for every K
 
     def metrics(k: int) -> tuple[float, float, float, float]:
         started = time.perf_counter()
@@ -436,8 +429,7 @@ def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) ->
         else:
             ch, db = _colour_metrics(levels, centres, wcss_of[k], bin_labels_of[k], hist.n_pixels)
             sil_labels = nearest_centres(sil_points, centres)[0]
-        sil = float("nan") if sil_distances is None else _silhouette(sil_distances, sil_labels)
-        return ch, db, sil, time.perf_counter() - started
+        return ch, db, _silhouette(sil_distances, sil_labels), time.perf_counter() - started
 
     measured = {k: metrics(k) for k in effective}
     rows_out, centres_out = [], {}
