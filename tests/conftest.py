@@ -1,4 +1,6 @@
-"""Fixtures of the robustness tests: a temp incoming folder, storage, a real Dagster instance."""
+"""Fixtures shared by the Dagster and robustness tests: a temp incoming folder, storage,
+a real Dagster instance. Dagster is imported only when a test asks for it, so the engine
+tests stay free of it."""
 
 from __future__ import annotations
 
