@@ -10,11 +10,11 @@ at several starts per K, but pays for most of them on small proxies of the image
    on the 5-bit bins.
 2. *Greedy splits* (K ascending): the best K-1 solution plus one new centre,
    chosen among candidates by how much it would lower the objective ("fast global
-   k-means", Likas et al. 2003), refined on the 5-bit bins.
+   k-means", Likas et al. 2003).
 3. *Greedy removals* (K descending): the best K+1 solution minus the centre whose
-   removal costs least, refined on the 5-bit bins. Splits carry good solutions
-   upwards and removals carry them downwards, so one unlucky K is repaired from
-   its neighbours.
+   removal costs least. Splits carry good solutions upwards and removals carry
+   them downwards, so one unlucky K is repaired from its neighbours. The
+   ``N_GREEDY`` best candidates of each step are refined on the 5-bit bins.
 4. *Polish*: the winner on the 5-bit bins is refined on the 6-bit bins, whose
    weighted means are a close proxy of the exact distinct colours.
 
@@ -22,22 +22,26 @@ The caller evaluates the objective exactly at the centres found; this module onl
 chooses them. Every fit has a fixed seed and none depends on thread timing, so the
 result is deterministic.
 
-Everything runs on one thread (the caller limits OpenMP and BLAS to one). Running
-independent K in two Python threads was measured slower, not faster: most of a
-fit on a few thousand points is scikit-learn's Python-level work, which holds the
-GIL, and the threads' separate allocator arenas made later stages slower too.
+Everything runs on one thread (the caller limits OpenMP and BLAS to one). The
+fits are small (a few thousand points, a few milliseconds each), so they go
+through :mod:`pipeline.lloyd`, which skips scikit-learn's per-call set-up. Running
+independent K in two Python threads was measured slower, not faster: much of a
+fit this small is Python-level work, which holds the GIL, and the threads'
+separate allocator arenas made later stages slower too.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from .levels import ColourLevels, nearest_centres
+from .lloyd import LloydFit, Points, kmeans_plusplus, lloyd
 
-__all__ = ["Fit", "kmeans", "search_centres"]
+__all__ = ["Fit", "search_centres"]
 
 #: k-means++ starts per K on the 4-bit bins.
 N_RESTARTS = 8
@@ -70,20 +74,12 @@ class Fit:
     seconds: float
 
 
-def kmeans(
-    points: np.ndarray,
-    weights: np.ndarray,
-    init: np.ndarray | str,
-    k: int,
-    seed: int,
-    n_init: int = 1,
-    max_iter: int = 300,
-):
-    """Weighted K-means with scikit-learn (Lloyd), returning the fitted estimator."""
-    from sklearn.cluster import KMeans  # lazy: scikit-learn costs ~0.5 s to import
+class _Prepared(NamedTuple):
+    """The three levels' bins, prepared for :func:`pipeline.lloyd.lloyd`."""
 
-    model = KMeans(n_clusters=k, init=init, n_init=n_init, max_iter=max_iter, random_state=seed)
-    return model.fit(points, sample_weight=weights)
+    seeds: Points  # 4-bit bins
+    coarse: Points  # 5-bit bins
+    fine: Points  # 6-bit bins
 
 
 def _restart_seed(seed: int, k: int, i: int) -> int:
@@ -91,30 +87,23 @@ def _restart_seed(seed: int, k: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, k, i]).generate_state(1)[0])
 
 
-def _restarts(levels: ColourLevels, k: int, seed: int) -> Fit:
+def _restarts(levels: _Prepared, k: int, seed: int) -> Fit:
     """Best of ``N_RESTARTS`` k-means++ starts on the 4-bit bins, refined on the 5-bit."""
     started = time.perf_counter()
-    seeds, coarse = levels.seeds, levels.coarse
-    starts = [
-        kmeans(seeds.means, seeds.weights, "k-means++", k, _restart_seed(seed, k, i))
-        for i in range(N_RESTARTS)
-    ]
-    starts.sort(key=lambda m: m.inertia_)
-    iterations = sum(int(m.n_iter_) for m in starts)
-    chosen: list = []
+    draws = [_restart_seed(seed, k, i) for i in range(N_RESTARTS)]
+    starts = [lloyd(levels.seeds, init) for init in kmeans_plusplus(levels.seeds, k, draws)]
+    starts.sort(key=lambda m: m.inertia)
+    iterations = sum(m.iterations for m in starts)
+    chosen: list[LloydFit] = []
     for m in starts:  # distinct minima only: equal objectives are the same basin
-        if all(not np.isclose(m.inertia_, c.inertia_, rtol=1e-9) for c in chosen):
+        if all(not np.isclose(m.inertia, c.inertia, rtol=1e-9) for c in chosen):
             chosen.append(m)
         if len(chosen) == N_REFINED:
             break
-    best = None
-    for m in chosen:
-        refined = kmeans(coarse.means, coarse.weights, m.cluster_centers_, k, seed)
-        iterations += int(refined.n_iter_)
-        if best is None or refined.inertia_ < best.inertia_:
-            best = refined
-    seconds = time.perf_counter() - started
-    return Fit(best.cluster_centers_, float(best.inertia_), iterations, seconds)
+    refined = [lloyd(levels.coarse, m.centres) for m in chosen]
+    iterations += sum(m.iterations for m in refined)
+    best = min(refined, key=lambda m: m.inertia)
+    return Fit(best.centres, best.inertia, iterations, time.perf_counter() - started)
 
 
 def _split_inits(
@@ -158,16 +147,15 @@ def _removal_inits(
     return [np.delete(centres, j, axis=0) for j in order]
 
 
-def _improve(best: Fit, k: int, inits: list[np.ndarray], levels: ColourLevels, seed: int) -> Fit:
+def _improve(best: Fit, k: int, inits: list[np.ndarray], levels: _Prepared) -> Fit:
     """Refine each init on the 5-bit bins; keep the lowest objective."""
     started = time.perf_counter()
-    coarse = levels.coarse
     centres, inertia, iterations = best.centres, best.inertia, best.iterations
     for init in inits:
-        model = kmeans(coarse.means, coarse.weights, init, k, seed)
-        iterations += int(model.n_iter_)
-        if model.inertia_ < inertia:
-            centres, inertia = model.cluster_centers_, float(model.inertia_)
+        model = lloyd(levels.coarse, init)
+        iterations += model.iterations
+        if model.inertia < inertia:
+            centres, inertia = model.centres, model.inertia
     return Fit(centres, inertia, iterations, best.seconds + time.perf_counter() - started)
 
 
@@ -187,26 +175,28 @@ def search_centres(levels: ColourLevels, ks: list[int], seed: int) -> dict[int, 
         Centres polished on the 6-bit bins; ``inertia`` is on those bins.
     """
     ks = sorted(ks)
-    best = {k: _restarts(levels, k, seed) for k in ks}
-    coarse = levels.coarse
+    bins = (levels.seeds, levels.coarse, levels.fine)
+    prepared = _Prepared(*(Points.of(level.means, level.weights) for level in bins))
+    best = {k: _restarts(prepared, k, seed) for k in ks}
+    coarse = prepared.coarse
     for k in ks:  # greedy splits, carrying good solutions upwards
         if k - 1 in best:
             rng = np.random.default_rng([seed, k])
-            inits = _split_inits(coarse.means, coarse.weights, best[k - 1].centres, N_GREEDY, rng)
-            best[k] = _improve(best[k], k, inits, levels, seed)
+            inits = _split_inits(coarse.points, coarse.weights, best[k - 1].centres, N_GREEDY, rng)
+            best[k] = _improve(best[k], k, inits, prepared)
     for k in reversed(ks):  # greedy removals, carrying them downwards
         if k - 1 in best:
-            inits = _removal_inits(coarse.means, coarse.weights, best[k].centres, N_GREEDY)
-            best[k - 1] = _improve(best[k - 1], k - 1, inits, levels, seed)
+            inits = _removal_inits(coarse.points, coarse.weights, best[k].centres, N_GREEDY)
+            best[k - 1] = _improve(best[k - 1], k - 1, inits, prepared)
 
     def polish(k: int) -> Fit:
         started = time.perf_counter()
-        fine, fit = levels.fine, best[k]
-        model = kmeans(fine.means, fine.weights, fit.centres, k, seed)
+        fit = best[k]
+        model = lloyd(prepared.fine, fit.centres)
         return Fit(
-            model.cluster_centers_,
-            float(model.inertia_),
-            fit.iterations + int(model.n_iter_),
+            model.centres,
+            model.inertia,
+            fit.iterations + model.iterations,
             fit.seconds + time.perf_counter() - started,
         )
 

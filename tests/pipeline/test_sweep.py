@@ -18,6 +18,7 @@ from pipeline.settings import SegmentSettings
 from pipeline.sweep import (
     METRIC_COLUMNS,
     SweepResult,
+    _silhouette,
     _weighted_indices,
     assign_labels,
     sweep,
@@ -267,6 +268,34 @@ def test_weighted_indices_single_cluster_is_nan():
     points = np.array([[0.0, 0, 0], [1, 1, 1]])
     ch, db = _weighted_indices(points, np.array([2.0, 3.0]), np.array([0, 0]), 1)
     assert np.isnan(ch) and np.isnan(db)
+
+
+@pytest.mark.parametrize("k", [2, 5, 12])
+def test_silhouette_equals_sklearn_on_a_photo_sample(photo, k):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import pairwise_distances, silhouette_score
+
+    rgb = photo("astronaut", 64)
+    points = rgb.reshape(-1, 3).astype(np.float64)[::4]
+    labels = KMeans(n_clusters=k, n_init=1, random_state=0).fit_predict(points)
+    distances = pairwise_distances(points)
+    expected = silhouette_score(distances, labels, metric="precomputed")
+    assert _silhouette(distances, labels) == pytest.approx(expected, rel=1e-12)
+
+
+def test_silhouette_counts_singletons_as_zero_and_ignores_absent_labels():
+    from sklearn.metrics import pairwise_distances, silhouette_score
+
+    points = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [50, 50, 50], [90, 0, 0]])
+    labels = np.array([3, 3, 3, 7, 7])  # label values need not be 0 .. k-1
+    distances = pairwise_distances(points)
+    expected = silhouette_score(distances, labels, metric="precomputed")
+    assert _silhouette(distances, labels) == pytest.approx(expected, rel=1e-12)
+    singleton = np.array([0, 0, 0, 0, 1])
+    expected = silhouette_score(distances, singleton, metric="precomputed")
+    assert _silhouette(distances, singleton) == pytest.approx(expected, rel=1e-12)
+    assert np.isnan(_silhouette(distances, np.zeros(5, dtype=int)))
+    assert np.isnan(_silhouette(distances, np.arange(5)))
 
 
 # --- position features -----------------------------------------------------------------------
