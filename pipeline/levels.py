@@ -85,12 +85,13 @@ def _bin(hist: ColourHistogram, points: np.ndarray, bits: int) -> _Bins:
     n_bins = keys.size
     w = hist.counts.astype(np.float64)
     weights = np.bincount(inverse, weights=w, minlength=n_bins)
-    sums = np.column_stack(
-        [np.bincount(inverse, weights=w * points[:, d], minlength=n_bins) for d in range(3)]
-    )
-    means = sums / weights[:, None]
-    diff = points - means[inverse]
-    sq = np.einsum("ij,ij->i", diff, diff)
+    means = np.empty((n_bins, points.shape[1]))
+    sq = np.zeros(points.shape[0])  # each colour's squared distance to its bin's mean
+    for d in range(points.shape[1]):  # channel by channel: no (M, 3) temporaries
+        means[:, d] = np.bincount(inverse, weights=w * points[:, d], minlength=n_bins) / weights
+        offset = points[:, d] - means[inverse, d]
+        offset *= offset
+        sq += offset
     scatter = np.bincount(inverse, weights=w * sq, minlength=n_bins)
     radius = np.zeros(n_bins)
     np.maximum.at(radius, inverse, np.sqrt(sq))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .colours import ColourHistogram, colour_histogram
+from .colours import ColourHistogram, colour_histogram, lookup
 from .levels import nearest_centres
 from .settings import SegmentSettings
 from .sweep import assign_labels
@@ -155,13 +155,14 @@ def segment(
 def _paint(colours: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """``colours[labels]`` as an (H, W, 3) view of an RGBX buffer.
 
-    Gathering one 4-byte word per pixel is about 4x faster at 12 megapixels than
-    gathering 3-byte rows (``colours[labels]`` or ``np.take``); the result is a
-    strided view, not C-contiguous (:func:`encode_png` copies as it needs).
+    Gathering one 4-byte word per pixel (:func:`pipeline.colours.lookup`) is about
+    6x faster at 12 megapixels than gathering 3-byte rows (``colours[labels]``);
+    the result is a strided view, not C-contiguous (:func:`encode_png` copies as
+    it needs).
     """
     words = np.zeros((colours.shape[0], 4), dtype=np.uint8)
     words[:, :3] = colours
-    packed = words.view("<u4")[:, 0][labels]
+    packed = lookup(words.view("<u4")[:, 0], labels)
     return packed.view(np.uint8).reshape(*labels.shape, 4)[..., :3]
 
 

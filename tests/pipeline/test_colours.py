@@ -47,6 +47,24 @@ def test_pack_rgb_matches_shifts_on_a_photo(photo):
     np.testing.assert_array_equal(keys.astype(np.int64), independent_keys(rgb))
 
 
+@pytest.mark.parametrize("shape", [(0, 3), (1, 3), (2, 3), (1, 1, 3), (7, 5, 3), (3, 4, 2, 3)])
+def test_pack_rgb_any_shape_including_the_last_pixel(shape):
+    # The packing borrows a byte from the next pixel; the last one has none.
+    rgb = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    rgb.reshape(-1)[-3:] = 255  # (no-op when empty)
+    keys = pack_rgb(rgb)
+    assert keys.shape == shape[:-1] and keys.dtype == np.uint32
+    np.testing.assert_array_equal(keys.astype(np.int64), independent_keys(rgb))
+
+
+def test_pack_rgb_of_a_strided_view_leaves_the_image_alone(photo):
+    rgb = photo("coffee")
+    before = rgb.copy()
+    view = rgb[::3, 1::2]
+    np.testing.assert_array_equal(pack_rgb(view).astype(np.int64), independent_keys(view))
+    np.testing.assert_array_equal(rgb, before)
+
+
 # --- the histogram and pixel index, small images (binary-search path) -------------------------
 
 
