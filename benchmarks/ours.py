@@ -46,6 +46,7 @@ def main() -> None:
     import sklearn.cluster
     import sklearn.metrics  # noqa: F401
     import threadpoolctl  # noqa: F401
+    from skimage.color import rgb2lab  # noqa: F401  (resolves the lazily loaded submodule)
 
     t = time.perf_counter()
     result = segment_image(rgb, settings)
