@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -404,7 +405,11 @@ def _sweep(rgb: np.ndarray, settings: SegmentSettings, hist: ColourHistogram) ->
         wcss, bin_labels = _wcss(rgb, hist, levels, index, fits[k].centres, settings)
         return wcss, bin_labels, time.perf_counter() - started
 
-    exact = {k: evaluate(k) for k in effective}
+    # Exact evaluation is array work that mostly releases the GIL: on two threads it
+    # took 0.075 s instead of 0.11 s for 12 K on a 12-MP image (the results do not
+    # depend on the threads; each K is evaluated on its own).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        exact = dict(zip(effective, pool.map(evaluate, effective), strict=True))
     centres_of, wcss_of, bin_labels_of, seconds_of = {}, {}, {}, {}
     prev, prev_wcss = None, np.inf
     for k in effective:
