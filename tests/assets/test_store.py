@@ -72,6 +72,18 @@ def test_a_linked_partition_folder_cannot_lead_outside_the_root(tmp_path: Path) 
     assert not (tmp_path / "a.png").exists()
 
 
+def test_a_linked_file_cannot_lead_outside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = Store(root)
+    store.save(KEY, "chosen_k", cache_key="k", code_version="1", files={"chosen_k.json": b"{}"})
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    (root / "images" / KEY / "chosen_k.json").unlink()
+    (root / "images" / KEY / "chosen_k.json").symlink_to(outside)
+    with pytest.raises(StoreError, match="outside"):
+        store.read_bytes(KEY, "chosen_k.json")  # the folder was checked already: one lstat
+
+
 def test_an_fsspec_root_works_like_a_folder() -> None:
     store = Store("memory://kseg-test-store")
     store.save(KEY, "chosen_k", cache_key="k", code_version="1", files={"chosen_k.json": b"{}"})

@@ -17,6 +17,18 @@ def test_atomic_write_bytes_creates_parents_and_returns_size(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["file.bin"]
 
 
+@pytest.mark.parametrize("sync", [True, False])
+def test_atomic_write_bytes_syncs_only_when_asked(tmp_path, monkeypatch, sync):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    path = tmp_path / "file.bin"
+    assert atomic_write_bytes(path, b"data", sync=sync) == 4
+    assert path.read_bytes() == b"data"
+    assert len(synced) == (1 if sync else 0)
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
 def test_atomic_write_replaces_an_existing_file(tmp_path):
     path = tmp_path / "file.txt"
     path.write_text("old")

@@ -46,7 +46,7 @@ def main() -> int:
     write = store_module.atomic_write_bytes
     lock = store_module.Store.lock
 
-    def hooked_write(path, data):
+    def hooked_write(path, data, **kwargs):
         name = Path(path).name
         if name == pause.get("file"):
             if pause.get("half"):
@@ -58,7 +58,7 @@ def main() -> int:
             _log(log, "paused", name)
             Path(pause["marker"]).write_text(str(os.getpid()))
             _wait_for(pause.get("go"))
-        size = write(path, data)
+        size = write(path, data, **kwargs)
         _log(log, "wrote", name)
         return size
 
