@@ -13,7 +13,12 @@ schema and watch mechanism (the UI reads it exactly as before), but it
 
 * keeps one engine with a small connection pool per database (the most recently
   used :data:`MAX_ENGINES` of them) instead of reconnecting for every statement;
-* remembers which tables exist (Dagster asks before every write of tags);
+* remembers which tables exist (Dagster asks before every write of tags) and
+  whether the asset index has its timestamp columns (Dagster inspected the
+  table's columns before every asset event);
+* serialises each materialisation once: Dagster serialised the whole event (with
+  all its metadata) a second time for the asset index's "last materialisation",
+  which is the same JSON wrapped in a record with the event's id;
 * runs SQLite with ``synchronous=NORMAL`` (the databases are already in WAL mode):
   a commit no longer waits for an ``fsync``. An application crash loses nothing;
   a power failure may lose the last transactions but never corrupts the
@@ -31,12 +36,14 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
 )
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
+from dagster._time import datetime_from_timestamp
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
@@ -69,6 +76,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_lock = threading.RLock()
         self._tables: set[str] = set()
+        self._asset_key_index_cols = False
+        self._serialized: tuple[EventLogEntry, str] | None = None
         super().__init__(base_dir, inst_data)
 
     @classmethod
@@ -121,6 +130,42 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         if found:
             self._tables.add(table_name)
         return found
+
+    def _has_asset_key_index_cols_on_connection(self, conn: Connection) -> bool:
+        # Asked before every asset event; columns, once there, stay (upgrade adds them).
+        if not self._asset_key_index_cols:
+            self._asset_key_index_cols = super()._has_asset_key_index_cols_on_connection(conn)
+        return self._asset_key_index_cols
+
+    def _event_to_row(self, event: EventLogEntry) -> dict[str, Any]:
+        row = super()._event_to_row(event)
+        self._serialized = (event, row["event"])  # for _get_asset_entry_values, just after
+        return row
+
+    def _get_asset_entry_values(
+        self, event: EventLogEntry, event_id: int, has_asset_key_index_cols: bool
+    ) -> dict[str, Any]:
+        serialized, self._serialized = self._serialized, None
+        dagster_event = event.dagster_event
+        if serialized is None or serialized[0] is not event or dagster_event is None:
+            return super()._get_asset_entry_values(event, event_id, has_asset_key_index_cols)
+        if not dagster_event.is_step_materialization:
+            return super()._get_asset_entry_values(event, event_id, has_asset_key_index_cols)
+        # serialize_value(EventLogRecord(storage_id=event_id, event_log_entry=event)),
+        # built around the event's JSON from the row just written (keys in serdes'
+        # sorted order; tests/assets/test_event_storage.py checks it is identical).
+        record = (
+            '{"__class__": "EventLogRecord", "event_log_entry": '
+            f'{serialized[1]}, "storage_id": {int(event_id)}}}'
+        )
+        values: dict[str, Any] = {"last_materialization": record, "last_run_id": event.run_id}
+        if has_asset_key_index_cols:
+            values["last_materialization_timestamp"] = datetime_from_timestamp(event.timestamp)
+        return values
+
+    def upgrade(self) -> None:
+        super().upgrade()
+        self._asset_key_index_cols = False  # a migration may have added the columns
 
     def _dispose_engines(self) -> None:
         with self._engines_lock:

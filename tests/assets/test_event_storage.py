@@ -79,6 +79,42 @@ def test_events_written_through_the_pool_are_read_by_a_fresh_instance(
         reader.dispose()
 
 
+def test_last_materialisation_in_the_asset_index_is_dagsters_own_serialisation(
+    tmp_path: Path, incoming: Path, storage: KsegStorage
+) -> None:
+    """The index row written around the event's JSON equals serialize_value of the record."""
+    from dagster._core.event_api import EventLogRecord
+    from dagster_shared.serdes import serialize_value
+
+    keys = [write_image(incoming, "p0.png", "coffee")]
+    home = tmp_path / "home"
+    instance = open_instance(home)
+    try:
+        instance.add_dynamic_partitions("images", keys)
+        _, errors = materialise(instance, storage, keys)
+        assert not errors
+    finally:
+        instance.dispose()
+    index = home / "history" / "runs" / "index.db"
+    with sqlite3.connect(index) as conn:
+        rows = conn.execute("SELECT asset_key, last_materialization FROM asset_keys").fetchall()
+    stored = {key: value for key, value in rows if value is not None}
+    assert len(stored) == len(IMAGE_ASSETS)
+    reader = dg.DagsterInstance.from_config(str(home))
+    try:
+        for asset in IMAGE_ASSETS:
+            (latest,) = _materialisations(reader, asset)
+            expected = serialize_value(
+                EventLogRecord(storage_id=latest.storage_id, event_log_entry=latest.event_log_entry)
+            )
+            assert stored[dg.AssetKey(asset).to_string()] == expected
+            # ... and Dagster's own reader of the index finds it.
+            event = reader.get_latest_materialization_event(dg.AssetKey(asset))
+            assert event is not None and event.dagster_event.partition == keys[0]
+    finally:
+        reader.dispose()
+
+
 def test_databases_are_in_wal_mode_and_pooled_connections_do_not_fsync(tmp_path: Path) -> None:
     instance = open_instance(tmp_path / "home")
     try:
