@@ -22,7 +22,7 @@ from .cache import DECODE_SETTINGS, sha256_bytes
 from .checks import feature_rows_from_parquet
 from .incoming import resolve_source
 from .keys import FEATURES, GROUP_IMAGES, RAW, SOURCE
-from .metadata import column_schema
+from .metadata import schema_metadata
 from .partitions import IMAGES
 from .provenance import observation
 from .storage import KsegStorage
@@ -178,7 +178,7 @@ def pixel_features(work: ImageWork) -> StepOutcome:
             check = feature_rows_from_parquet(stream, height, width)
         metadata = {
             "dagster/row_count": outcome.manifest.info["rows"],
-            "dagster/column_schema": column_schema(schema),
+            **schema_metadata(FEATURES, schema),
             "colour_space": outcome.manifest.info["features"],
         }
         return metadata, [check]

@@ -28,7 +28,7 @@ from pipeline.sweep import METRIC_COLUMNS, sweep, sweep_to_arrow
 from .cache import step_settings
 from .checks import check_k_in_range, check_labels, check_wcss_non_increasing
 from .keys import CHOSEN, ELBOW, FEATURES, LABELS, SEGMENTED, STATS
-from .metadata import column_schema, frame_table, plain, png_markdown
+from .metadata import frame_table, plain, png_markdown, schema_metadata
 from .store import parquet_bytes
 from .work import ImageWork, StepOutcome
 
@@ -75,7 +75,7 @@ def elbow_metrics(work: ImageWork) -> StepOutcome:
         info = outcome.manifest.info
         metadata = {
             "dagster/row_count": len(result.table),
-            "dagster/column_schema": column_schema(pa.Schema.from_pandas(result.table)),
+            **schema_metadata(ELBOW, pa.Schema.from_pandas(result.table, preserve_index=False)),
             "wcss_curve": frame_table(result.table, columns=list(METRIC_COLUMNS)),
             "unique_colours": info["n_colours"],
             "sweep_strategy": info["strategy"],
@@ -200,7 +200,7 @@ def _describe_stats(work: ImageWork, outcome: StepOutcome):
     table = pq.read_table(io.BytesIO(work.read(STATS_FILE)))
     metadata = {
         "dagster/row_count": table.num_rows,
-        "dagster/column_schema": column_schema(table.schema),
+        **schema_metadata(STATS, table.schema),
         "segments": frame_table(
             table.to_pandas(),
             columns=["label", "pixel_count", "share", "mean_r", "mean_g", "mean_b", "n_components"],

@@ -47,6 +47,7 @@ from .keys import (
     SOURCE,
     STATS,
 )
+from .metadata import DECLARED_SCHEMAS
 from .partitions import IMAGES
 from .provenance import RecordCache, materialization, observation
 from .segmentation_assets import SEGMENTATION_STEPS
@@ -103,6 +104,9 @@ IMAGE_SPECS = [
         partitions_def=IMAGES,
         skippable=True,
         automation_condition=IMAGE_AUTOMATION_CONDITION,  # see assets.automation
+        metadata={"dagster/column_schema": DECLARED_SCHEMAS[asset]}
+        if asset in DECLARED_SCHEMAS
+        else None,
     )
     for asset in IMAGE_ASSETS
 ]
