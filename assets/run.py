@@ -18,6 +18,7 @@ the other images are still processed.
 """
 
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -165,6 +166,23 @@ def _batched_planned_events() -> Iterator[None]:
             os.environ[_SUBSET_PLANNED_EVENTS] = before
 
 
+@contextlib.contextmanager
+def _long_lived_objects_frozen() -> Iterator[None]:
+    """Keep Python's cyclic collector off the objects that exist before a run.
+
+    A run allocates enough to trigger full collections, and each one traversed
+    every object alive: the definitions, the instance and everything earlier runs
+    of this process left. After one backfill of 50 images that was 0.21 s per full
+    pass, a tenth of re-materialising them all from the cache. The objects are only
+    frozen for the run (``gc.freeze``) and then handed back to the collector.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def materialise(
     instance: dg.DagsterInstance,
     storage: KsegStorage,
@@ -187,7 +205,7 @@ def materialise(
             "dagster/asset_partition_range_end": end,
             "kseg/launched_by": "kseg-run",
         }
-        with _batched_planned_events():
+        with _batched_planned_events(), _long_lived_objects_frozen():
             result = job.execute_in_process(
                 run_config=config, instance=instance, tags=tags, raise_on_error=False
             )
