@@ -16,6 +16,7 @@ schema and watch mechanism (the UI reads it exactly as before), but it
 * remembers which tables exist (Dagster asks before every write of tags) and
   whether the asset index has its timestamp columns (Dagster inspected the
   table's columns before every asset event);
+* records a check result in one index transaction instead of two;
 * serialises each materialisation once: Dagster serialised the whole event (with
   all its metadata) a second time for the asset index's "last materialisation",
   which is the same JSON wrapped in a record with the event's id;
@@ -38,6 +39,7 @@ from typing import Any
 
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    ASSET_CHECK_EVENTS,
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
 )
@@ -78,7 +80,11 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._tables: set[str] = set()
         self._asset_key_index_cols = False
         self._serialized: tuple[EventLogEntry, str] | None = None
+        self._held: dict[str, Connection] = {}  # shard -> connection of an open transaction
         super().__init__(base_dir, inst_data)
+        # Re-entrant, so store_event can hold the index transaction while Dagster's
+        # code inside it asks for the index connection again (same thread).
+        self._db_lock = threading.RLock()
 
     @classmethod
     def from_config_value(
@@ -100,6 +106,9 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             poolclass=QueuePool,
             pool_size=1,
             max_overflow=4,
+            # Every use commits or rolls back its own transaction (``conn.begin()``),
+            # so the pool's extra rollback on each check-in is redundant.
+            pool_reset_on_return=None,
             # Checked-in connections may be picked up by another thread (the UI's
             # watchers); the storage's lock keeps one user at a time.
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
@@ -116,8 +125,26 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     @contextlib.contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
-        with self._db_lock, self._engine(shard).connect() as conn, conn.begin():
-            yield conn
+        with self._db_lock:
+            held = self._held.get(shard)
+            if held is not None:  # inside store_event's one transaction for this database
+                yield held
+                return
+            with self._engine(shard).connect() as conn, conn.begin():
+                yield conn
+
+    def store_event(self, event: EventLogEntry) -> None:
+        if event.is_dagster_event and event.dagster_event_type in ASSET_CHECK_EVENTS:
+            # Dagster records a check result in the index database in two transactions
+            # (the event, then the check's execution row); make them one commit.
+            with self._connect(INDEX_SHARD_NAME) as conn:  # holds the (re-entrant) lock
+                self._held[INDEX_SHARD_NAME] = conn
+                try:
+                    super().store_event(event)
+                finally:
+                    del self._held[INDEX_SHARD_NAME]
+            return
+        super().store_event(event)
 
     def has_table(self, table_name: str) -> bool:
         # Dagster asks before writing every materialisation's tags; its answer opened a

@@ -115,6 +115,38 @@ def test_last_materialisation_in_the_asset_index_is_dagsters_own_serialisation(
         reader.dispose()
 
 
+def test_check_results_land_in_the_check_executions_table(
+    tmp_path: Path, incoming: Path, storage: KsegStorage
+) -> None:
+    """Each check result (event and execution row, one transaction) is read back as Dagster's."""
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionRecordStatus,
+    )
+
+    from assets.checks import image_check_specs
+
+    keys = [write_image(incoming, f"c{i}.png", name) for i, name in enumerate(["coffee", "rocket"])]
+    home = tmp_path / "home"
+    instance = open_instance(home)
+    try:
+        instance.add_dynamic_partitions("images", keys)
+        runs, errors = materialise(instance, storage, keys)
+        assert not errors and len(runs) == 1
+    finally:
+        instance.dispose()
+    reader = dg.DagsterInstance.from_config(str(home))
+    try:
+        for spec in image_check_specs():
+            history = reader.event_log_storage.get_asset_check_execution_history(spec.key, limit=10)
+            assert sorted(r.partition for r in history) == sorted(keys), spec.key
+            for record in history:
+                assert record.status == AssetCheckExecutionRecordStatus.SUCCEEDED
+                assert record.run_id == runs[0]
+                assert record.event is not None and record.event.dagster_event is not None
+    finally:
+        reader.dispose()
+
+
 def test_databases_are_in_wal_mode_and_pooled_connections_do_not_fsync(tmp_path: Path) -> None:
     instance = open_instance(tmp_path / "home")
     try:
