@@ -174,9 +174,12 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     ) -> dict[str, Any]:
         serialized, self._serialized = self._serialized, None
         dagster_event = event.dagster_event
-        if serialized is None or serialized[0] is not event or dagster_event is None:
-            return super()._get_asset_entry_values(event, event_id, has_asset_key_index_cols)
-        if not dagster_event.is_step_materialization:
+        if (
+            serialized is None
+            or serialized[0] is not event
+            or dagster_event is None
+            or not dagster_event.is_step_materialization
+        ):
             return super()._get_asset_entry_values(event, event_id, has_asset_key_index_cols)
         # serialize_value(EventLogRecord(storage_id=event_id, event_log_entry=event)),
         # built around the event's JSON from the row just written (keys in serdes'

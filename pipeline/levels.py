@@ -23,9 +23,25 @@ import numpy as np
 
 from .colours import ColourHistogram
 
-__all__ = ["ColourLevels", "build_levels", "nearest_centres"]
+__all__ = ["ColourLevels", "build_levels", "nearest_centres", "squared_distances"]
 
 _CHUNK = 262_144
+
+
+def squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances, shape (N, K), by ``|x|^2 - 2 x.c + |c|^2``.
+
+    One matrix product instead of an (N, K, D) difference array; entries may be
+    slightly negative by rounding where a point sits on a centre.
+
+    Parameters
+    ----------
+    points : (N, D) ndarray of float64
+    centres : (K, D) ndarray of float64
+    """
+    d = np.einsum("ij,ij->i", centres, centres)[None, :] - 2.0 * points @ centres.T
+    d += np.einsum("ij,ij->i", points, points)[:, None]
+    return d
 
 
 def nearest_centres(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,11 +62,8 @@ def nearest_centres(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray
     """
     labels = np.empty(points.shape[0], dtype=np.int32)
     sqdist = np.empty(points.shape[0], dtype=np.float64)
-    c_sq = np.einsum("ij,ij->i", centres, centres)
     for start in range(0, points.shape[0], _CHUNK):
-        block = points[start : start + _CHUNK]
-        d = c_sq[None, :] - 2.0 * block @ centres.T
-        d += np.einsum("ij,ij->i", block, block)[:, None]
+        d = squared_distances(points[start : start + _CHUNK], centres)
         lab = np.argmin(d, axis=1)
         labels[start : start + _CHUNK] = lab
         sqdist[start : start + _CHUNK] = np.maximum(d[np.arange(lab.size), lab], 0.0)
@@ -137,9 +150,7 @@ def _settled(
     """
     means = bins.means if which is None else bins.means[which]
     radius = bins.radius if which is None else bins.radius[which]
-    d = means @ (-2.0 * centres.T)
-    d += np.einsum("ij,ij->i", means, means)[:, None]
-    d += c_sq[None, :]
+    d = squared_distances(means, centres)
     np.maximum(d, 0.0, out=d)
     rows = np.arange(d.shape[0])
     labels = np.argmin(d, axis=1).astype(np.int32)
@@ -204,7 +215,7 @@ class ColourLevels:
             labels = np.zeros(d.shape[0], dtype=np.int32)
             return float(fine.weights @ d + fine.scatter.sum()), labels, 0.0
         c_sq = np.einsum("ij,ij->i", centres, centres)
-        gaps = np.sqrt(np.maximum(c_sq[:, None] - 2.0 * centres @ centres.T + c_sq[None, :], 0))
+        gaps = np.sqrt(np.maximum(squared_distances(centres, centres), 0))
         c_labels, c_near, c_safe = _settled(coarse, None, centres, c_sq, gaps)
         wcss = float(coarse.weights[c_safe] @ c_near[c_safe] + coarse.scatter[c_safe].sum())
         # Every member of a settled coarse bin, so every fine bin mean in it, goes to

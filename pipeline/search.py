@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .levels import ColourLevels, nearest_centres
+from .levels import ColourLevels, nearest_centres, squared_distances
 from .lloyd import LloydFit, Points, kmeans_plusplus, lloyd
 
 __all__ = ["Fit", "search_centres"]
@@ -125,11 +125,7 @@ def _split_inits(
     if p.sum() <= 0:
         return []
     cand = points[np.unique(rng.choice(points.shape[0], size=N_CANDIDATES, p=p / p.sum()))]
-    dist = (
-        np.einsum("ij,ij->i", cand, cand)[:, None]
-        - 2.0 * cand @ points.T
-        + np.einsum("ij,ij->i", points, points)[None, :]
-    )
+    dist = squared_distances(cand, points)
     gain = np.maximum(d[None, :] - dist, 0.0) @ weights
     order = np.argsort(-gain, kind="stable")[:n_best]
     return [np.vstack([prev, cand[i]]) for i in order if gain[i] > 0]
@@ -143,8 +139,7 @@ def _removal_inits(
     Removing a centre moves its points to their second-nearest centre; the cost is
     the weighted sum of those points' extra squared distance.
     """
-    d = np.einsum("ij,ij->i", centres, centres)[None, :] - 2.0 * points @ centres.T
-    d += np.einsum("ij,ij->i", points, points)[:, None]
+    d = squared_distances(points, centres)
     two = np.partition(d, 1, axis=1)
     loss = np.bincount(
         np.argmin(d, axis=1), weights=weights * (two[:, 1] - two[:, 0]), minlength=len(centres)
@@ -153,9 +148,7 @@ def _removal_inits(
     return [np.delete(centres, j, axis=0) for j in order]
 
 
-def _improve(
-    best: Fit, k: int, inits: list[np.ndarray], levels: _Prepared, *, screen: bool = False
-) -> Fit:
+def _improve(best: Fit, inits: list[np.ndarray], levels: _Prepared, *, screen: bool = False) -> Fit:
     """Refine inits on the 5-bit bins; keep the lowest objective.
 
     With ``screen``, each init first gets only :data:`N_SCREEN_ITER` Lloyd
@@ -199,11 +192,11 @@ def search_centres(levels: ColourLevels, ks: list[int], seed: int) -> dict[int, 
         if k - 1 in best:
             rng = np.random.default_rng([seed, k])
             inits = _split_inits(coarse.points, coarse.weights, best[k - 1].centres, N_GREEDY, rng)
-            best[k] = _improve(best[k], k, inits, prepared)
+            best[k] = _improve(best[k], inits, prepared)
     for k in reversed(ks):  # greedy removals, carrying them downwards
         if k - 1 in best:
             inits = _removal_inits(coarse.points, coarse.weights, best[k].centres, N_GREEDY)
-            best[k - 1] = _improve(best[k - 1], k - 1, inits, prepared, screen=True)
+            best[k - 1] = _improve(best[k - 1], inits, prepared, screen=True)
 
     def polish(k: int) -> Fit:
         started = time.perf_counter()
