@@ -1,82 +1,50 @@
-"""Declarative automation of the per-image assets, and the sensor that evaluates it.
+"""Who starts which work, and the automation conditions that do most of it.
 
-Who starts which work
----------------------
-* :mod:`assets.sensors` (``incoming_images_sensor``) owns *files*: it registers a
-  partition for a new image, requests a ``segment_images`` run for a new or changed
-  file, and removes the partition of a deleted file.
-* :mod:`assets.schedules` (``resegmentation_schedule``) owns the *nightly sweep*:
-  missing, stale and failed partitions, whatever the reason.
-* This module owns *reactions inside the graph*: when a step's code version changes,
-  or an input's data version changes outside a run that also recomputed this step
-  (an observation of a replaced file by the ``observe_images`` job or the UI, a
-  single step re-materialised by hand), exactly the affected steps and the steps
-  downstream of them are re-materialised, partition by partition.
+* :mod:`assets.sensors` (``incoming_images_sensor``) watches the incoming folder: it
+  registers a partition for each new image, records an observation of its
+  ``source_image`` (the file's SHA-256) and ``image_settings`` (its effective
+  settings' version) whenever either changes, and removes the partitions of deleted
+  files. It launches no segmentation run itself.
+* **Automation** (this module) launches the runs: Dagster's declarative automation
+  re-materialises a per-image step when an input got a new version (a new or replaced
+  file, changed settings, a step re-materialised by hand) or when the step's code
+  version changed, partition by partition; the steps downstream follow in the same
+  run. Several images at once become one backfill whose runs take up to
+  :data:`~assets.names.BATCH_SIZE` images each, all steps in one run.
+* :mod:`assets.schedules` (``resegmentation_schedule``) is the nightly safety net:
+  outputs missing or damaged in the store, and images whose last run failed.
 
-The condition
--------------
-:data:`IMAGE_AUTOMATION_CONDITION` is Dagster's ``eager()`` without its
-``newly_missing`` trigger, plus ``code_version_changed()``, minus failed partitions,
-and with kseg's own runs left out of "a dependency was updated"::
+The conditions are Dagster's ``eager()`` spelt out (without its time-window clause,
+which does not apply to dynamic partitions) plus ``code_version_changed()``::
 
-    (deps_updated | code_version_changed).since_last_handled()
-    & ~any_deps_missing & ~any_deps_in_progress & ~in_progress & ~execution_failed
+    ((newly_missing | any_deps_updated | code_version_changed).since_last_handled()
+     | initial_evaluation & missing)
+    & ~any_deps_missing & ~any_deps_in_progress & ~in_progress
 
-    deps_updated = any_deps_match(
-        newly_updated & ~all_new_updates_have_run_tags({"kseg/launched_by"})
-        | will_be_requested)
-
-* Every run kseg launches (the sensor's, the schedule's, automation's own and
-  ``kseg run``'s) carries the run tag ``kseg/launched_by`` and recomputes every step
-  it selects, downstream included, so its updates must not trigger anything.
-  Dagster's ``any_deps_updated`` tries to ignore such updates with
-  ``executed_with_root_target``, but in 1.13 that looks only at the asset's single
-  latest materialisation, whatever its partition, and relies otherwise on the step
-  being updated in the same evaluation: an evaluation that reads the event log
-  while a run is between two steps, and the run status after the run ended, would
-  request the rest of the image a second time. Filtering by run tag has no such
-  window. A step re-materialised from the UI (no tag) still triggers exactly the
-  steps downstream of it.
-* For the observable ``source_image`` only a *new data version* (another SHA-256)
-  counts as an update, so re-observing unchanged files requests nothing; an
-  observation of a replaced file (the ``observe_images`` job, the UI) requests the
-  image's steps. (The tag filter looks at materialisations only; the observation a
-  kseg run makes is followed by that run's own ``raw_image`` within the same step.)
-* ``code_version_changed`` fires once, on the first evaluation after the asset's
-  code version changed, for every partition; the steps downstream follow through
-  ``will_be_requested`` in the same evaluation, the steps upstream do not run.
-* ``newly_missing`` is left out on purpose: new partitions are the sensor's (it
-  requests their run in the same tick it adds them) and missing ones the
-  schedule's.
-
-Failures are never retried by automation: ``execution_failed`` excludes a partition
-whose latest run failed before materialising it (the partitions shown as failed in
-the UI). Without it, an image whose run failed after its source was observed would
-be requested once more as soon as that run ended. Such an image is retried when its
-file changes (the sensor) or by the nightly schedule, never in a loop; Dagster's run
-retries are not enabled. ``since_last_handled`` is also reset when automation
-*requests* a partition, so nothing is requested twice for one trigger.
-
-Runs requested by the automation sensor use the implicit asset job, whose
-executor is the code location's default, in process (see
-:func:`assets.definitions.build_defs`), with the default run config.
+``since_last_handled`` latches a trigger until the partition is requested or
+materialised, so one trigger requests one run. On its very first evaluation (a new
+instance, a reset cursor) automation also takes every image that has no output yet,
+which ``eager()`` alone would leave to the nightly schedule; a failed run is not retried in a loop
+(the partition is handled when requested; it is retried on its next trigger or by the
+nightly schedule). The report reacts to images once they are materialised (not when
+they are requested), without ``any_deps_missing`` (one failed image must not stop it
+from following the others).
 """
 
 import os
 
 import dagster as dg
 
-from .keys import IMAGE_ASSETS
+from .names import IMAGE_ASSETS, LAUNCHED_BY_TAG, REPORT
 
 __all__ = [
     "AUTOMATION_INTERVAL_ENV",
     "AUTOMATION_SENSOR_NAME",
-    "IMAGE_AUTOMATION_CONDITION",
-    "LAUNCHED_BY_TAG",
+    "IMAGE_CONDITION",
+    "REPORT_CONDITION",
     "STATUS_ENV",
     "build_automation_sensor",
     "default_status",
-    "kseg_automation_sensor",
     "positive_int_env",
 ]
 
@@ -87,38 +55,40 @@ AUTOMATION_INTERVAL_ENV = "KSEG_AUTOMATION_INTERVAL_SECONDS"
 #: ``running`` (default) or ``stopped``: the default status of kseg's sensors and schedule.
 STATUS_ENV = "KSEG_AUTOMATION_STATUS"
 
-#: Run tag set by every run kseg launches itself (sensor, schedule, automation, ``kseg run``).
-LAUNCHED_BY_TAG = "kseg/launched_by"
-
 _DEFAULT_INTERVAL = 30
+_A = dg.AutomationCondition
 
-#: A dependency updated outside kseg's own runs, or requested in this same evaluation.
-_DEPS_UPDATED = dg.AutomationCondition.any_deps_match(
+_TRIGGERS = (_A.newly_missing() | _A.any_deps_updated() | _A.code_version_changed()).with_label(
+    "new, input updated or code version changed"
+)
+
+#: Re-materialise a per-image step when it is new, an input has a new version, or its
+#: code version changed (see the module docstring).
+IMAGE_CONDITION = (
     (
-        dg.AutomationCondition.newly_updated()
-        & ~dg.AutomationCondition.all_new_updates_have_run_tags(tag_keys={LAUNCHED_BY_TAG})
-    ).with_label("newly updated outside kseg's runs")
-    | dg.AutomationCondition.will_be_requested()
-).with_label("any_deps_updated")
+        _TRIGGERS.since_last_handled()
+        | (_A.initial_evaluation() & _A.missing()).with_label("missing when automation starts")
+    )
+    & ~_A.any_deps_missing()
+    & ~_A.any_deps_in_progress()
+    & ~_A.in_progress()
+).with_label("eager, and on a code version change")
 
-#: Re-materialise a per-image step when an input's data version or its own code version
-#: changes; see the module docstring.
-IMAGE_AUTOMATION_CONDITION = (
-    (_DEPS_UPDATED | dg.AutomationCondition.code_version_changed()).since_last_handled()
-    & ~dg.AutomationCondition.any_deps_missing()
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.in_progress()
-    & ~dg.AutomationCondition.execution_failed()
-).with_label("new input data version or code version")
+#: Rebuild the report once an image's outputs changed (not when they are merely
+#: requested: it would be built before them). Deletions: the sensor asks for it.
+REPORT_CONDITION = (
+    (
+        _A.newly_missing()
+        | _A.any_deps_match(_A.newly_updated()).with_label("any image updated")
+        | _A.code_version_changed()
+    ).since_last_handled()
+    & ~_A.any_deps_in_progress()
+    & ~_A.in_progress()
+).with_label("after any image's outputs change")
 
 
 def default_status(environ: dict[str, str] | None = None) -> dg.DefaultSensorStatus:
     """The default status of kseg's sensors: RUNNING unless ``KSEG_AUTOMATION_STATUS=stopped``.
-
-    Parameters
-    ----------
-    environ : dict, optional
-        The environment to read (default ``os.environ``).
 
     Raises
     ------
@@ -157,7 +127,7 @@ def build_automation_sensor(
     minimum_interval_seconds: int | None = None,
     status: dg.DefaultSensorStatus | None = None,
 ) -> dg.AutomationConditionSensorDefinition:
-    """The sensor that evaluates :data:`IMAGE_AUTOMATION_CONDITION`, RUNNING by default.
+    """The sensor that evaluates the automation conditions, RUNNING by default.
 
     Parameters
     ----------
@@ -168,15 +138,11 @@ def build_automation_sensor(
     """
     return dg.AutomationConditionSensorDefinition(
         AUTOMATION_SENSOR_NAME,
-        target=dg.AssetSelection.assets(*IMAGE_ASSETS),
+        target=dg.AssetSelection.assets(*IMAGE_ASSETS, REPORT),
         default_status=status if status is not None else default_status(),
         minimum_interval_seconds=minimum_interval_seconds
         or positive_int_env(AUTOMATION_INTERVAL_ENV, _DEFAULT_INTERVAL),
-        description="Re-materialises exactly the per-image steps whose inputs' data versions "
-        "or own code versions changed.",
+        description="Segments each new or changed image, and re-materialises exactly the "
+        "steps whose inputs (file, settings, upstream outputs) or code changed; then the report.",
         run_tags={LAUNCHED_BY_TAG: AUTOMATION_SENSOR_NAME},
     )
-
-
-#: The code location's automation sensor.
-kseg_automation_sensor = build_automation_sensor()

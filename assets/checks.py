@@ -1,23 +1,17 @@
-"""Asset checks, evaluated per partition from the stored outputs.
+"""The asset checks' verdicts: plain functions of the data (no Dagster import).
 
-The check functions here are plain functions of the data (tested directly on
-good and broken inputs); the per-image steps run them on every materialisation,
-hit or miss, and log one evaluation per partition, so no check ever loads every
-partition. The specs of the per-image checks are partitioned like the assets.
+Each per-image step declares its checks (:class:`assets.steps.base.CheckDef`) and runs
+these functions on its stored output for every image, hit or miss alike; the results
+are recorded per partition. They are tested directly on good and broken data.
 """
 
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import dagster as dg
 import numpy as np
 
 from pipeline.settings import SegmentSettings
-
-from .keys import CHECKS, REPORT
-from .partitions import IMAGES
 
 __all__ = [
     "CheckOutcome",
@@ -27,17 +21,7 @@ __all__ = [
     "check_report_coverage",
     "check_wcss_non_increasing",
     "feature_rows_from_parquet",
-    "image_check_specs",
-    "report_check_specs",
 ]
-
-_DESCRIPTIONS = {
-    "rows_match_pixels": "The feature table has height x width rows and no nulls.",
-    "wcss_non_increasing": "WCSS never increases with K.",
-    "k_in_range": "The chosen K lies in the configured range (or equals the override).",
-    "labels_match_image": "The label map has the image's shape and labels exactly 0..K-1.",
-    "covers_every_image": "The report has a complete row for every registered image.",
-}
 
 
 @dataclass(frozen=True)
@@ -174,25 +158,3 @@ def check_report_coverage(registered: Iterable[str], rows: Mapping[str, str]) ->
         "; ".join(parts) or f"all {len(wanted)} registered image(s) covered",
         {"registered": len(wanted), "missing": len(missing), "incomplete": len(incomplete)},
     )
-
-
-def _spec(name: str, partitioned: bool) -> dg.AssetCheckSpec:
-    if not partitioned:
-        return dg.AssetCheckSpec(name, asset=CHECKS[name], description=_DESCRIPTIONS[name])
-    with warnings.catch_warnings():
-        # Partitioned checks are a preview API in Dagster 1.13 (pinned); the per-partition
-        # evaluations are what the issue asks for, so the warning is expected here.
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        return dg.AssetCheckSpec(
-            name, asset=CHECKS[name], description=_DESCRIPTIONS[name], partitions_def=IMAGES
-        )
-
-
-def image_check_specs() -> list[dg.AssetCheckSpec]:
-    """The partitioned checks of the per-image assets."""
-    return [_spec(name, True) for name, asset in CHECKS.items() if asset != REPORT]
-
-
-def report_check_specs() -> list[dg.AssetCheckSpec]:
-    """The checks of the (unpartitioned) report."""
-    return [_spec(name, False) for name, asset in CHECKS.items() if asset == REPORT]

@@ -51,6 +51,34 @@ def _parser() -> argparse.ArgumentParser:
         dest="all_",
         help="materialise every image (unchanged steps are cache hits)",
     )
+    settings = sub.add_parser(
+        "settings", help="show or change images' own settings (they override the project's)",
+        description="Show or change the own settings of images (partition keys, or paths "
+        "relative to the incoming folder). They are kept until changed again; the images are "
+        "re-segmented by automation (or the next kseg run).",
+    )  # fmt: skip
+    settings.add_argument("images", nargs="+", metavar="IMAGE", help="partition key or path")
+    settings.add_argument("--k", default=None, metavar="N", help="a fixed K for these images")
+    for name, kind in (
+        ("k-min", int), ("k-max", int), ("spatial-weight", float), ("seed", int),
+        ("min-strength", float), ("variance-target", float),
+    ):  # fmt: skip
+        settings.add_argument(f"--{name}", type=kind, default=None)
+    settings.add_argument("--features", choices=("lab", "rgb", "hsv"), default=None)
+    settings.add_argument("--fallback", choices=("variance", "knee"), default=None)
+    settings.add_argument(
+        "--forget",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="own settings to drop, back to the project's (k, k_min, ..., or all)",
+    )
+    settings.add_argument(
+        "--incoming",
+        default=None,
+        metavar="DIR",
+        help="incoming folder (default: $KSEG_INCOMING_DIR or data/incoming)",
+    )
     ui = sub.add_parser(
         "ui", help="open the Dagster UI (`dagster dev`) on the project's instance",
         description="Run `dagster dev -w workspace.yaml` with DAGSTER_HOME set to the "
@@ -64,7 +92,7 @@ def _ui(port: int) -> int:
     import os
     import shutil
 
-    from assets.run import open_instance, project_home
+    from assets.instance import open_instance, project_home
     from assets.storage import PROJECT_ROOT
 
     home = project_home()
@@ -94,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "ui":
         return _ui(args.port)
+    if args.command == "settings":
+        from assets.settings_command import settings_command
+
+        return settings_command(args)
     from assets.run import run_command
 
     return run_command(incoming=args.incoming, all_=args.all_)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +43,20 @@ from pathlib import Path
 from pipeline.images import SUPPORTED_EXTENSIONS
 
 __all__ = [
+    "DEFAULT_MAX_FILE_BYTES",
     "KEY_PATTERN",
     "IncomingImage",
     "Refused",
     "Scan",
     "is_valid_partition_key",
     "partition_key_for",
+    "read_source",
     "resolve_source",
     "scan_incoming",
 ]
+
+#: Largest image file read (bytes); larger files are refused before reading.
+DEFAULT_MAX_FILE_BYTES = 1 << 30
 
 #: Every key made by :func:`partition_key_for` matches this.
 KEY_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
@@ -146,11 +152,14 @@ class Scan:
     images : tuple of IncomingImage
         Sorted by relative path.
     refused : tuple of Refused
+    unsupported : tuple of str
+        Files that are neither images nor temporary names (sorted relative paths).
     """
 
     root: Path
     images: tuple[IncomingImage, ...]
     refused: tuple[Refused, ...]
+    unsupported: tuple[str, ...] = ()
 
     def by_key(self) -> dict[str, IncomingImage]:
         """The images indexed by partition key."""
@@ -189,6 +198,7 @@ def scan_incoming(root: str | os.PathLike[str]) -> Scan:
     real_root = os.path.realpath(base)
     images: dict[str, IncomingImage] = {}
     refused: list[Refused] = []
+    unsupported: list[str] = []
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
         rel_dir = os.path.relpath(dirpath, base)
         kept = []
@@ -204,10 +214,13 @@ def scan_incoming(root: str | os.PathLike[str]) -> Scan:
             kept.append(name)
         dirnames[:] = kept
         for name in sorted(filenames):
-            if _is_temporary(name) or os.path.splitext(name)[1].lower() not in SUPPORTED_EXTENSIONS:
+            if _is_temporary(name):
                 continue
             full = os.path.join(dirpath, name)
             rel = _clean(os.path.join(rel_dir, name))
+            if os.path.splitext(name)[1].lower() not in SUPPORTED_EXTENSIONS:
+                unsupported.append(_printable(rel))
+                continue
             if _printable(rel) != rel:
                 refused.append(Refused(_printable(rel), "file name is not valid UTF-8"))
                 continue
@@ -226,7 +239,12 @@ def scan_incoming(root: str | os.PathLike[str]) -> Scan:
                 continue
             images[key] = IncomingImage(key=key, relpath=rel, path=Path(full))
     ordered = tuple(sorted(images.values(), key=lambda image: image.relpath))
-    return Scan(root=base, images=ordered, refused=tuple(sorted(refused, key=lambda r: r.relpath)))
+    return Scan(
+        root=base,
+        images=ordered,
+        refused=tuple(sorted(refused, key=lambda r: r.relpath)),
+        unsupported=tuple(sorted(unsupported)),
+    )
 
 
 def resolve_source(root: str | os.PathLike[str], relpath: str) -> Path:
@@ -245,3 +263,53 @@ def resolve_source(root: str | os.PathLike[str], relpath: str) -> Path:
     if not _inside(os.path.realpath(path), os.path.realpath(base)):
         raise ValueError(f"{relpath!r} leads outside the incoming folder")
     return path
+
+
+def read_source(
+    root: str | os.PathLike[str], relpath: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> tuple[bytes, int, int]:
+    """Read an image file of the incoming folder: a regular file, of bounded size.
+
+    The file is opened without blocking (a FIFO put in an image's place does not hang
+    the reader), checked on the open descriptor to be a regular file no larger than
+    ``max_bytes``, and read to at most that many bytes (a file growing while it is
+    read is refused, not read without bound).
+
+    Returns
+    -------
+    data : bytes
+    size, mtime_ns : int
+        The file's size and modification time when it was opened.
+
+    Raises
+    ------
+    ValueError
+        If the path leaves the folder, is not a regular file, or is too large.
+    OSError
+        If it cannot be opened or read.
+    """
+    path = resolve_source(root, relpath)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file (a device, a FIFO or a socket)")
+        if info.st_size > max_bytes:
+            raise ValueError(
+                f"file has {info.st_size} bytes, above the limit of {max_bytes} "
+                "(KSEG_MAX_FILE_BYTES)"
+            )
+        os.set_blocking(fd, True)
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 22, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise ValueError(f"file grew above the limit of {max_bytes} bytes while read")
+        return b"".join(chunks), info.st_size, info.st_mtime_ns
+    finally:
+        os.close(fd)

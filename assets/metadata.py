@@ -15,7 +15,6 @@ import pandas as pd
 import pyarrow as pa
 
 __all__ = [
-    "DECLARED_SCHEMAS",
     "MAX_EMBED_BYTES",
     "column_schema",
     "frame_table",
@@ -61,40 +60,12 @@ def column_schema(schema: pa.Schema) -> dg.TableSchema:
     )
 
 
-def _declared_schemas() -> dict[str, dg.TableSchema]:
-    from pipeline.features import feature_schema
-    from pipeline.render import SEGMENT_COLUMNS
-    from pipeline.settings import SegmentSettings
-    from pipeline.sweep import METRIC_COLUMNS
-
-    from .keys import ELBOW, FEATURES, STATS
-
-    def table(columns: Sequence[str], ints: set[str]) -> pa.Schema:
-        return pa.schema([(c, pa.int64() if c in ints else pa.float64()) for c in columns])
-
-    counts = {"label", "pixel_count", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", "n_components"}
-    return {
-        # Default settings and an image under 65,536 pixels a side (uint16 positions).
-        FEATURES: column_schema(feature_schema(SegmentSettings().features, height=1, width=1)),
-        ELBOW: column_schema(table(METRIC_COLUMNS, {"k", "k_effective", "iterations"})),
-        STATS: column_schema(table(SEGMENT_COLUMNS, counts)),
-    }
-
-
-#: The column schema each table asset declares on its definition (``AssetSpec``
-#: metadata). Declaring it there rather than on every materialisation matters: a
-#: schema is dozens of nested records, and serialising them for each event was
-#: over a tenth of the cost of re-materialising small images.
-DECLARED_SCHEMAS = _declared_schemas()
-
-
-def schema_metadata(asset: str, schema: pa.Schema) -> dict[str, dg.TableSchema]:
+def schema_metadata(schema: pa.Schema, declared: pa.Schema | None) -> dict[str, dg.TableSchema]:
     """``dagster/column_schema`` for one materialisation, only if it differs from the
-    declared one (other settings, a very large image, or a changed table)."""
-    actual = column_schema(schema)
-    if actual == DECLARED_SCHEMAS.get(asset):
+    schema its asset declares (other settings, a very large image, a changed table)."""
+    if declared is not None and schema.remove_metadata().equals(declared.remove_metadata()):
         return {}
-    return {"dagster/column_schema": actual}
+    return {"dagster/column_schema": column_schema(schema)}
 
 
 def _cell(value: Any, digits: int) -> str:

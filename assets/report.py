@@ -15,17 +15,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .cache import cache_key
-from .checks import check_report_coverage, report_check_specs
-from .keys import CHOSEN, CODE_VERSIONS, GROUP_REPORT, IMAGE_ASSETS, REPORT
+from .automation import REPORT_CONDITION
+from .checks import check_report_coverage
+from .incoming import is_valid_partition_key
 from .metadata import column_schema, markdown_table
+from .names import CHOSEN, GROUP_REPORT, IMAGE_ASSETS, REPORT
 from .partitions import IMAGES
-from .storage import KsegStorage
-from .store import Manifest, Store, parquet_bytes
+from .steps.base import cache_key
+from .storage import KsegStorage, Manifest, Store, parquet_bytes
 
 __all__ = ["REPORT_COLUMNS", "report_rows", "segmentation_report"]
 
 REPORT_FILE = "segmentation_report.parquet"
+CODE_VERSION = "1"
+_COVERAGE = "covers_every_image"
 _OUTPUT_FILES = {
     "raw_image": "raw_image.png",
     "segmented_image": "segmented_image.png",
@@ -122,9 +125,16 @@ def report_rows(store: Store, partitions: list[str]) -> tuple[pd.DataFrame, list
     name=REPORT,
     group_name=GROUP_REPORT,
     kinds={"python", "parquet"},
-    code_version=CODE_VERSIONS[REPORT],
+    code_version=CODE_VERSION,
     deps=list(IMAGE_ASSETS),
-    check_specs=report_check_specs(),
+    automation_condition=REPORT_CONDITION,
+    check_specs=[
+        dg.AssetCheckSpec(
+            _COVERAGE,
+            asset=REPORT,
+            description="The report has a complete row for every registered image.",
+        )
+    ],
     description="A summary with one row per registered image: status, size, chosen K, knee "
     "strength, WCSS at K, seconds and output paths (Parquet; a table in the metadata).",
 )
@@ -133,9 +143,15 @@ def segmentation_report(
 ) -> dg.MaterializeResult:
     """One row per registered image: size, chosen K, strength, WCSS at K, seconds, outputs."""
     store = storage.store()
-    partitions = list(context.instance.get_dynamic_partitions(IMAGES.name))
+    registered = list(context.instance.get_dynamic_partitions(IMAGES.name))
+    partitions = [key for key in registered if is_valid_partition_key(key)]
+    ignored = sorted(set(registered) - set(partitions))
+    if ignored:  # registered from outside kseg; the sensor removes them
+        context.log.warning(
+            f"ignoring {len(ignored)} partition key(s) no kseg image has: {ignored[:5]}"
+        )
     frame, inputs = report_rows(store, partitions)
-    key = cache_key(REPORT, code_version=CODE_VERSIONS[REPORT], inputs=inputs, settings={})
+    key = cache_key(REPORT, code_version=CODE_VERSION, inputs=inputs, settings={})
     manifest = store.intact(None, REPORT, key)
     hit = manifest is not None
     if manifest is None:
@@ -144,7 +160,7 @@ def segmentation_report(
             None,
             REPORT,
             cache_key=key,
-            code_version=CODE_VERSIONS[REPORT],
+            code_version=CODE_VERSION,
             files={REPORT_FILE: parquet_bytes(table)},
             info={"rows": len(frame), "complete": int((frame["status"] == "ok").sum())},
         )
@@ -161,6 +177,7 @@ def segmentation_report(
             "dagster/row_count": table.num_rows,
             "dagster/column_schema": column_schema(table.schema),
             "images": len(partitions),
+            "ignored_keys": len(ignored),
             "complete": int((stored["status"] == "ok").sum()),
             "report": dg.MetadataValue.md(markdown_table(stored, columns=_MARKDOWN_COLUMNS)),
         },

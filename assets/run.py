@@ -1,115 +1,44 @@
 """``kseg run``: register the incoming folder's images and materialise the new and stale ones.
 
-1. Scan the incoming folder (:func:`assets.incoming.scan_incoming`) and register every
-   image as a partition of ``images`` in the project's Dagster instance.
-2. Plan: an image needs work when any per-image asset lacks a recorded
-   materialisation whose data version equals the cache key derived from the file's
-   current bytes and the settings, or its stored output is missing or damaged.
-   ``--all`` takes every image (whose steps are then cache hits).
-3. Materialise the planned images with the ``segment_images`` job, in process, up to
-   :data:`~assets.keys.BATCH_SIZE` partitions per run (contiguous ranges of the
-   partition order), then rebuild the report.
+1. **Survey** the incoming folder (:func:`assets.changes.survey`, the sensor's own
+   change detection) and register every image as a partition of ``images``.
+2. **Plan** (:func:`assets.changes.plan`): an image needs work when any of its steps'
+   stored outputs is missing, damaged, or has another cache key than the file's bytes,
+   the image's settings and the code give. ``--all`` takes every image (whose steps are
+   then cache hits).
+3. **Materialise** the planned images with ``segment_images``, in process, up to
+   :data:`~assets.names.BATCH_SIZE` partitions per run. A batch that fails is run
+   again image by image (as the ``failed_batch_sensor`` does for the daemon's runs), so
+   one bad file costs only its own image. Then rebuild the report.
 
-The instance is the project-local ``DAGSTER_HOME`` (``.dagster_home/`` in the
-repository, created with a ``dagster.yaml`` that turns telemetry off) unless
-``DAGSTER_HOME`` is set, so ``dagster dev`` started with the same ``DAGSTER_HOME``
-shows these runs. A bad file prints one line on stderr and makes the exit status 1;
-the other images are still processed.
+Runs are recorded in the project's instance (:mod:`assets.instance`), so ``kseg ui``
+shows them. A bad file, or a failed check, prints one line on stderr and makes the exit
+status 1; the other images are still processed.
 """
 
-import contextlib
-import gc
-import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import dagster as dg
 
-from pipeline.io import atomic_write_bytes
+from pipeline.errors import KsegError
 
-from .config import SegmentationConfig
-from .incoming import scan_incoming
-from .keys import BATCH_SIZE, PARTITIONS_NAME
-from .planning import batches, plan
-from .storage import (
-    DEFAULT_INCOMING,
-    DEFAULT_STORE,
-    INCOMING_ENV,
-    PROJECT_ROOT,
-    STORE_ENV,
-    KsegStorage,
-)
+from .changes import plan, survey
+from .instance import open_instance
+from .names import BATCH_SIZE, LAUNCHED_BY_TAG, PARTITIONS_NAME, REPORT
+from .partitions import batches, run_tags_for
+from .settings import ProjectSettings
+from .storage import DEFAULT_INCOMING, DEFAULT_STORE, INCOMING_ENV, STORE_ENV, KsegStorage
 
-__all__ = [
-    "DAGSTER_YAML",
-    "RunSummary",
-    "build_report",
-    "instance_yaml",
-    "materialise",
-    "open_instance",
-    "project_home",
-    "run_command",
-]
-
-#: The ``dagster.yaml`` written into a new project-local DAGSTER_HOME (``{runs_dir}``: where
-#: the event log databases go, as Dagster's default SQLite storage puts them).
-DAGSTER_YAML = """\
-# Dagster instance of the kseg project, created by `kseg run`.
-# Open the UI on it with:  DAGSTER_HOME=<this folder> dagster dev -w workspace.yaml
-telemetry:
-  enabled: false
-nux:
-  enabled: false
-# Dagster's SQLite event log with pooled connections (see assets/event_storage.py).
-event_log_storage:
-  module: assets.event_storage
-  class: PooledSqliteEventLogStorage
-  config:
-    base_dir: {runs_dir}
-"""
+__all__ = ["RunSummary", "build_report", "materialise", "run_command"]
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-
-
-def project_home() -> Path:
-    """``$DAGSTER_HOME`` if set, else ``.dagster_home`` in the project root."""
-    env = os.environ.get("DAGSTER_HOME")
-    return Path(env).expanduser().absolute() if env else PROJECT_ROOT / ".dagster_home"
-
-
-def instance_yaml(home: Path) -> str:
-    """The ``dagster.yaml`` of a kseg instance whose DAGSTER_HOME is ``home``."""
-    # A JSON string is a valid YAML scalar whatever characters the path has.
-    runs_dir = json.dumps((Path(home).absolute() / "history" / "runs").as_posix())
-    return DAGSTER_YAML.format(runs_dir=runs_dir)
-
-
-#: ``dagster.yaml`` texts earlier kseg versions wrote; found unedited, they are upgraded.
-_EARLIER_YAML = (
-    "# Dagster instance of the kseg project, created by `kseg run`.\n"
-    "# Open the UI on it with:  DAGSTER_HOME=<this folder> dagster dev -w workspace.yaml\n"
-    "telemetry:\n  enabled: false\nnux:\n  enabled: false\n",
-)
-
-
-def open_instance(home: str | os.PathLike[str] | None = None) -> dg.DagsterInstance:
-    """The persistent instance in ``home`` (default :func:`project_home`), created if new.
-
-    A ``dagster.yaml`` kseg wrote in an earlier version, and nobody edited since, is
-    replaced by the current one (same databases; the event log gains pooled
-    connections). Any other existing file is left as it is.
-    """
-    path = Path(home).expanduser().absolute() if home else project_home()
-    path.mkdir(parents=True, exist_ok=True)
-    config = path / "dagster.yaml"
-    if not config.exists() or config.read_text(encoding="utf-8") in _EARLIER_YAML:
-        atomic_write_bytes(config, instance_yaml(path).encode("utf-8"))
-    return dg.DagsterInstance.from_config(str(path))
+_TAG = {LAUNCHED_BY_TAG: "kseg-run"}
 
 
 @dataclass
@@ -122,115 +51,99 @@ class RunSummary:
     planned: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    failed_checks: list[str] = field(default_factory=list)
     report_path: str | None = None
     seconds: float = 0.0
 
 
-def _failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
-    messages = []
+def _failures(result: dg.ExecuteInProcessResult) -> tuple[list[str], list[str]]:
+    """(errors, failed checks) of a finished run, one line each."""
+    errors, checks = [], []
     for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed:
+                where = evaluation.partition or evaluation.asset_key.to_user_string()
+                checks.append(
+                    f"{where}: check {evaluation.check_name} of "
+                    f"{evaluation.asset_key.to_user_string()} failed: {evaluation.description}"
+                )
         if event.event_type_value != "STEP_FAILURE":
             continue
         data = event.step_failure_data
         user = data.user_failure_data if data else None
         failed = user.metadata.get("failed_partitions") if user else None
         if failed is not None:
-            messages += [item["error"] for item in failed.value]
+            errors += [item["error"] for item in failed.value]
         elif user is not None and user.description:
-            messages.append(user.description)
-        elif data is not None and data.error is not None:
-            messages.append(data.error.message.strip().splitlines()[-1])
-    if not result.success and not messages:
-        messages.append(f"run {result.run_id} failed")
-    return messages
-
-
-#: Dagster switch (read when a run is created) for one "materialisation planned" event per
-#: asset and run instead of one per asset *and partition*: with SQLite storage every event
-#: costs several ms, and a batch of 50 images would log 350 planned events. Its cost: a
-#: failed run does not mark its partitions as failed (they show as missing); kseg run
-#: reports failures itself. Set only around kseg run's own runs.
-_SUBSET_PLANNED_EVENTS = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
-
-
-@contextlib.contextmanager
-def _batched_planned_events() -> Iterator[None]:
-    before = os.environ.get(_SUBSET_PLANNED_EVENTS)
-    os.environ[_SUBSET_PLANNED_EVENTS] = "true"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[_SUBSET_PLANNED_EVENTS]
-        else:
-            os.environ[_SUBSET_PLANNED_EVENTS] = before
-
-
-@contextlib.contextmanager
-def _long_lived_objects_frozen() -> Iterator[None]:
-    """Keep Python's cyclic collector off the objects that exist before a run.
-
-    A run allocates enough to trigger full collections, and each one traversed
-    every object alive: the definitions, the instance and everything earlier runs
-    of this process left. After one backfill of 50 images that was 0.21 s per full
-    pass, a tenth of re-materialising them all from the cache. The objects are only
-    frozen for the run (``gc.freeze``) and then handed back to the collector.
-    """
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
+            errors.append(user.description)
+        elif (
+            data is not None and data.error is not None and "asset check" not in data.error.message
+        ):
+            errors.append(data.error.message.strip().splitlines()[-1])
+    if not result.success and not errors and not checks:
+        errors.append(f"run {result.run_id} failed")
+    return errors, checks
 
 
 def materialise(
     instance: dg.DagsterInstance,
-    storage: KsegStorage,
+    defs: dg.Definitions,
     keys: list[str],
     *,
-    run_config: Mapping[str, Any] | None = None,
     batch_size: int = BATCH_SIZE,
     quiet: bool = True,
-) -> tuple[list[str], list[str]]:
-    """Run ``segment_images`` over ``keys`` in batches; returns (run ids, error messages)."""
-    from .definitions import build_defs
+) -> tuple[list[str], list[str], list[str]]:
+    """Run ``segment_images`` over ``keys`` in batches, splitting failed batches.
 
-    job = build_defs(storage).resolve_job_def("segment_images")
-    config = {**(_QUIET if quiet else {}), **(run_config or {})}
+    Returns
+    -------
+    run_ids, errors, failed_checks : list of str
+    """
+    job = defs.resolve_job_def("segment_images")
     order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
-    runs, errors = [], []
-    for start, end in batches(order, set(keys), batch_size):
-        tags = {
-            "dagster/asset_partition_range_start": start,
-            "dagster/asset_partition_range_end": end,
-            "kseg/launched_by": "kseg-run",
-        }
-        with _batched_planned_events(), _long_lived_objects_frozen():
-            result = job.execute_in_process(
-                run_config=config, instance=instance, tags=tags, raise_on_error=False
-            )
+    runs: list[str] = []
+    errors: list[str] = []
+    checks: list[str] = []
+
+    def execute(first: str, last: str) -> dg.ExecuteInProcessResult:
+        result = job.execute_in_process(
+            run_config=_QUIET if quiet else None,
+            instance=instance,
+            tags={**run_tags_for(first, last), **_TAG},
+            raise_on_error=False,
+        )
         runs.append(result.run_id)
-        errors += _failure_messages(result)
-    return runs, errors
+        return result
+
+    for first, last in batches(order, set(keys), batch_size):
+        result = execute(first, last)
+        if result.success or first == last:
+            found = _failures(result)
+            errors += found[0]
+            checks += found[1]
+            continue
+        members = order[order.index(first) : order.index(last) + 1]
+        for key in members:  # one image at a time: the good ones complete
+            found = _failures(execute(key, key))
+            errors += found[0]
+            checks += found[1]
+    return runs, errors, checks
 
 
 def build_report(
-    instance: dg.DagsterInstance, storage: KsegStorage, *, quiet: bool = True
-) -> tuple[str | None, list[str]]:
-    """Materialise ``segmentation_report``; returns (its path, error messages)."""
-    from .definitions import build_defs
-
-    job = build_defs(storage).resolve_job_def("segmentation_report_job")
+    instance: dg.DagsterInstance, defs: dg.Definitions, *, quiet: bool = True
+) -> tuple[str | None, list[str], list[str]]:
+    """Materialise ``segmentation_report``; returns (its path, errors, failed checks)."""
+    job = defs.resolve_job_def("segmentation_report_job")
     result = job.execute_in_process(
-        run_config=_QUIET if quiet else None,
-        instance=instance,
-        tags={"kseg/launched_by": "kseg-run"},
-        raise_on_error=False,
+        run_config=_QUIET if quiet else None, instance=instance, tags=_TAG, raise_on_error=False
     )
+    errors, checks = _failures(result)
     if not result.success:
-        return None, _failure_messages(result)
-    path = result.asset_materializations_for_node("segmentation_report")[0].metadata["path"]
-    return str(path.value), []
+        return None, errors, checks
+    path = result.asset_materializations_for_node(REPORT)[0].metadata["path"]
+    return str(path.value), errors, checks
 
 
 def run_command(
@@ -240,8 +153,9 @@ def run_command(
     store_root: str | None = None,
     dagster_home: str | os.PathLike[str] | None = None,
     instance: dg.DagsterInstance | None = None,
-    run_config: Mapping[str, Any] | None = None,
+    project: ProjectSettings | None = None,
     batch_size: int = BATCH_SIZE,
+    environ: Mapping[str, str] | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
@@ -259,80 +173,102 @@ def run_command(
         Instance folder (default ``$DAGSTER_HOME``, else ``.dagster_home``).
     instance : DagsterInstance, optional
         Use this instance instead (tests); ``dagster_home`` is then ignored.
-    run_config : mapping, optional
-        Run config of the ``segment_images`` job (e.g. segmentation settings).
+    project : ProjectSettings, optional
+        The project settings (default: the ``KSEG_*`` environment variables).
     batch_size : int
         Partitions per run.
+    environ : mapping, optional
+        The environment to read (default ``os.environ``).
     out, err : text streams
         Default ``sys.stdout`` / ``sys.stderr``.
 
     Returns
     -------
     int
-        0 when every image was materialised, 1 if any file failed or was refused,
-        2 if the incoming folder or the settings are unusable.
+        0 when every image was materialised and every check passed, 1 if any file or
+        check failed, 2 if the incoming folder or the settings are unusable.
     """
+    from .definitions import build_defs
+
+    env = os.environ if environ is None else environ
     out = out or sys.stdout
     err = err or sys.stderr
     started = time.perf_counter()
     storage = KsegStorage(
-        incoming_dir=incoming or os.environ.get(INCOMING_ENV) or DEFAULT_INCOMING,
-        store_root=store_root or os.environ.get(STORE_ENV) or DEFAULT_STORE,
+        incoming_dir=incoming or env.get(INCOMING_ENV) or DEFAULT_INCOMING,
+        store_root=store_root or env.get(STORE_ENV) or DEFAULT_STORE,
     )
     try:
-        scan = scan_incoming(storage.incoming())
-        op_config = (run_config or {}).get("ops", {}).get("image_steps", {})
-        config = SegmentationConfig(**op_config.get("config", {}))
-        config.to_settings()
-    except (FileNotFoundError, ValueError) as exc:
+        project = project or ProjectSettings.from_env(env)
+    except KsegError as exc:
         print(f"kseg run: error: {exc}", file=err)
         return 2
-    summary = RunSummary(images=len(scan.images))
-    summary.errors += [f"{scan.root / r.relpath}: {r.reason}" for r in scan.refused]
     owned = instance is None
     instance = instance or open_instance(dagster_home)
+    summary = RunSummary()
     try:
-        keys = [image.key for image in scan.images]
-        registered = set(instance.get_dynamic_partitions(PARTITIONS_NAME))
-        instance.add_dynamic_partitions(PARTITIONS_NAME, [k for k in keys if k not in registered])
-        summary.new, summary.stale = plan(list(scan.images), instance, storage, config)
-        summary.planned = keys if all_ else summary.new + summary.stale
+        found = survey(storage, instance, project)
+        if found.scan is None:
+            print(f"kseg run: error: incoming folder {storage.incoming()} does not exist", file=err)
+            return 2
+        summary.images = len(found.scan.images)
+        summary.errors += [f"{found.scan.root / r.relpath}: {r.reason}" for r in found.scan.refused]
+        summary.errors += [f"{found.scan.root}/{line}" for line in found.unreadable]
+        known = set(found.registered)
+        instance.add_dynamic_partitions(
+            PARTITIONS_NAME, [key for key in found.files if key not in known]
+        )
+        wanted = plan(found, storage.store(), verify=True)
+        summary.new, summary.stale = wanted.missing, list(wanted.stale)
+        summary.planned = list(found.files) if all_ else wanted.wanted
+        # What needs no run is recorded now (a touched file's new time, say); the runs
+        # record what they read themselves.
+        for event in found.events:
+            if event.partition not in summary.planned:
+                instance.report_runless_asset_event(event)
+        defs = build_defs(storage, project)
         if summary.planned:
-            runs, errors = materialise(
-                instance, storage, summary.planned, run_config=run_config, batch_size=batch_size
+            runs, errors, checks = materialise(
+                instance, defs, summary.planned, batch_size=batch_size
             )
             summary.runs += runs
             summary.errors += errors
-        summary.report_path, errors = build_report(instance, storage)
+            summary.failed_checks += checks
+        summary.report_path, errors, checks = build_report(instance, defs)
         summary.errors += errors
+        if summary.errors:  # the report lacks the images that failed: already said
+            checks = [line for line in checks if "covers_every_image" not in line]
+        summary.failed_checks += checks
         home = Path(instance.root_directory)
     finally:
         if owned:
             instance.dispose()
     summary.seconds = time.perf_counter() - started
-    _print_summary(summary, scan.root, home, out, err)
-    return 1 if summary.errors else 0
+    _print_summary(summary, found.scan.root, home, out, err)
+    return 1 if summary.errors or summary.failed_checks else 0
 
 
 def _print_summary(summary: RunSummary, root: Path, home: Path, out: TextIO, err: TextIO) -> None:
     for message in summary.errors:
         print(f"kseg run: error: {message}", file=err)
+    for message in summary.failed_checks:
+        print(f"kseg run: check failed: {message}", file=err)
     up_to_date = summary.images - len(summary.new) - len(summary.stale)
     print(
         f"kseg run: {summary.images} image(s) in {root}: {len(summary.new)} new, "
         f"{len(summary.stale)} stale, {up_to_date} up to date",
         file=out,
     )
-    failed = len(summary.errors)
     print(
         f"kseg run: processed {len(summary.planned)} image(s) in {len(summary.runs)} run(s), "
-        f"{failed} error(s), {summary.seconds:.1f} s",
+        f"{len(summary.errors)} error(s), {len(summary.failed_checks)} failed check(s), "
+        f"{summary.seconds:.1f} s",
         file=out,
     )
     if summary.report_path:
         print(f"kseg run: report {summary.report_path}", file=out)
-    print(
-        f"kseg run: runs recorded in {home}; browse them with "
-        f"DAGSTER_HOME={home} dagster dev -w workspace.yaml",
-        file=out,
+    kseg = Path(sys.executable).with_name("kseg")
+    command = (
+        f"{kseg} ui" if kseg.exists() else f"DAGSTER_HOME={home} dagster dev -w workspace.yaml"
     )
+    print(f"kseg run: runs recorded in {home}; browse them with: {command}", file=out)

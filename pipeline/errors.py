@@ -7,6 +7,8 @@ report it in one line instead of a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = ["ImageError", "KsegError", "SettingsError"]
 
 
@@ -32,17 +34,35 @@ class ImageError(KsegError):
 
 
 class SettingsError(KsegError, ValueError):
-    """An invalid segmentation setting.
+    """An invalid segmentation setting (or several).
 
     Parameters
     ----------
     field : str
-        The name of the offending setting.
+        The name of the offending setting (the first one, when there are several).
     message : str
         What is wrong and what would be valid.
+    others : sequence of SettingsError, optional
+        Further invalid settings found at the same time; the message then lists
+        every one of them.
+
+    Attributes
+    ----------
+    problems : tuple of SettingsError
+        Every invalid setting, this one first.
     """
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, others: Sequence[SettingsError] = ()) -> None:
         self.field = field
         self.message = message
-        super().__init__(f"invalid setting {field!r}: {message}")
+        self.problems: tuple[SettingsError, ...] = (self, *others)
+        if others:
+            listed = "; ".join(f"{p.field!r}: {p.message}" for p in self.problems)
+            super().__init__(f"{len(self.problems)} invalid settings: {listed}")
+        else:
+            super().__init__(f"invalid setting {field!r}: {message}")
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The names of every invalid setting, in order."""
+        return tuple(p.field for p in self.problems)

@@ -18,6 +18,7 @@ __all__ = [
     "COLOUR_SPACES",
     "FALLBACKS",
     "MAX_K",
+    "MAX_SEED",
     "SegmentSettings",
 ]
 
@@ -27,6 +28,8 @@ COLOUR_SPACES = ("rgb", "lab", "hsv")
 FALLBACKS = ("variance", "knee")
 #: Largest K supported: label maps are written as 8-bit PNGs up to 255 and 16-bit above.
 MAX_K = 64
+#: Largest seed: the random generators scikit-learn uses take 32-bit seeds.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -68,53 +71,71 @@ class SegmentSettings:
     fallback: str = "variance"
     variance_target: float = 0.8
 
+    def problems(self) -> list[SettingsError]:
+        """Every invalid field, in field order (empty when all are valid).
+
+        Returns
+        -------
+        list of SettingsError
+            One per bad field, each naming the field and the valid range.
+        """
+        found: list[SettingsError] = []
+
+        def bad(name: str, message: str) -> None:
+            found.append(SettingsError(name, message))
+
+        ints_ok = {}
+        for name in ("k_min", "k_max", "seed"):
+            value = getattr(self, name)
+            ints_ok[name] = not isinstance(value, bool) and isinstance(value, int)
+            if not ints_ok[name]:
+                bad(name, f"must be an integer, got {value!r}")
+        if ints_ok["k_min"] and not 1 <= self.k_min <= MAX_K:
+            bad("k_min", f"must be between 1 and {MAX_K}, got {self.k_min}")
+        if ints_ok["k_max"] and not 2 <= self.k_max <= MAX_K:
+            bad("k_max", f"must be between 2 and {MAX_K}, got {self.k_max}")
+        if (
+            ints_ok["k_min"]
+            and ints_ok["k_max"]
+            and 1 <= self.k_min <= MAX_K
+            and 2 <= self.k_max <= MAX_K
+            and self.k_min > self.k_max
+        ):
+            bad("k_min", f"k_min={self.k_min} must not exceed k_max={self.k_max}")
+        if self.features not in COLOUR_SPACES:
+            bad("features", f"must be one of {', '.join(COLOUR_SPACES)}, got {self.features!r}")
+        if not _is_number(self.spatial_weight) or not 0 <= self.spatial_weight <= 10:
+            bad("spatial_weight", f"must be a number between 0 and 10, got {self.spatial_weight!r}")
+        if ints_ok["seed"] and not 0 <= self.seed <= MAX_SEED:
+            bad("seed", f"must be between 0 and {MAX_SEED} (2**32 - 1), got {self.seed}")
+        if self.k_override is not None:
+            k = self.k_override
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+                bad("k_override", f"must be empty or an integer between 1 and {MAX_K}, got {k!r}")
+        if not _is_number(self.min_strength) or not 0 <= self.min_strength <= 1:
+            bad("min_strength", f"must be between 0 and 1, got {self.min_strength!r}")
+        if self.fallback not in FALLBACKS:
+            bad("fallback", f"must be one of {', '.join(FALLBACKS)}, got {self.fallback!r}")
+        if not _is_number(self.variance_target) or not 0 < self.variance_target < 1:
+            bad(
+                "variance_target",
+                f"must be strictly between 0 and 1, got {self.variance_target!r}",
+            )
+        return found
+
     def validate(self) -> SegmentSettings:
         """Check every field; return ``self`` so calls can be chained.
 
         Raises
         ------
         SettingsError
-            Naming the first invalid field and the valid range.
+            Naming the first invalid field; when several are invalid, its message
+            lists every one of them (:meth:`problems` gives them one by one).
         """
-        for name in ("k_min", "k_max", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise SettingsError(name, f"must be an integer, got {value!r}")
-        if not 1 <= self.k_min <= MAX_K:
-            raise SettingsError("k_min", f"must be between 1 and {MAX_K}, got {self.k_min}")
-        if not 2 <= self.k_max <= MAX_K:
-            raise SettingsError("k_max", f"must be between 2 and {MAX_K}, got {self.k_max}")
-        if self.k_min > self.k_max:
-            raise SettingsError("k_min", f"k_min={self.k_min} must not exceed k_max={self.k_max}")
-        if self.features not in COLOUR_SPACES:
-            raise SettingsError(
-                "features", f"must be one of {', '.join(COLOUR_SPACES)}, got {self.features!r}"
-            )
-        if not _is_number(self.spatial_weight) or not 0 <= self.spatial_weight <= 10:
-            raise SettingsError(
-                "spatial_weight", f"must be a number between 0 and 10, got {self.spatial_weight!r}"
-            )
-        if self.seed < 0:
-            raise SettingsError("seed", f"must be >= 0, got {self.seed}")
-        if self.k_override is not None:
-            k = self.k_override
-            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-                raise SettingsError(
-                    "k_override", f"must be empty or an integer between 1 and {MAX_K}, got {k!r}"
-                )
-        if not _is_number(self.min_strength) or not 0 <= self.min_strength <= 1:
-            raise SettingsError(
-                "min_strength", f"must be between 0 and 1, got {self.min_strength!r}"
-            )
-        if self.fallback not in FALLBACKS:
-            raise SettingsError(
-                "fallback", f"must be one of {', '.join(FALLBACKS)}, got {self.fallback!r}"
-            )
-        if not _is_number(self.variance_target) or not 0 < self.variance_target < 1:
-            raise SettingsError(
-                "variance_target",
-                f"must be strictly between 0 and 1, got {self.variance_target!r}",
-            )
+        found = self.problems()
+        if found:
+            first = found[0]
+            raise SettingsError(first.field, first.message, found[1:])
         return self
 
     @property

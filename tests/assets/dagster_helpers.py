@@ -11,8 +11,10 @@ from PIL import Image
 
 from assets.definitions import build_defs
 from assets.incoming import partition_key_for
-from assets.keys import PARTITIONS_NAME
+from assets.names import PARTITIONS_NAME
+from assets.partitions import run_tags_for
 from assets.storage import KsegStorage
+from pipeline.settings import SegmentSettings
 
 #: Small versions of scikit-image's bundled pictures keep the suite fast.
 HEIGHT = 48
@@ -47,36 +49,22 @@ def run_job(
     keys: Sequence[str],
     *,
     job: str = "segment_images",
-    config: dict | None = None,
+    settings: SegmentSettings | None = None,
     selection: Sequence[str] | None = None,
     register: bool = True,
+    tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Run a job of the code location over ``keys`` (one partition, or a range)."""
     if register:
         known = set(instance.get_dynamic_partitions(PARTITIONS_NAME))
         instance.add_dynamic_partitions(PARTITIONS_NAME, [k for k in keys if k not in known])
-    run_config = dict(QUIET)
-    if config:
-        run_config["ops"] = {"image_steps": {"config": config}}
-    kwargs: dict = {}
-    if len(keys) == 1:
-        kwargs["partition_key"] = keys[0]
-    elif keys:
-        kwargs["tags"] = {
-            "dagster/asset_partition_range_start": keys[0],
-            "dagster/asset_partition_range_end": keys[-1],
-        }
+    kwargs: dict = {"tags": {**(run_tags_for(keys[0], keys[-1]) if keys else {}), **(tags or {})}}
     if selection is not None:
         kwargs["asset_selection"] = [dg.AssetKey(k) for k in selection]
     return (
-        build_defs(storage)
+        build_defs(storage, settings or SegmentSettings())
         .resolve_job_def(job)
-        .execute_in_process(
-            run_config=run_config,
-            instance=instance,
-            raise_on_error=False,
-            **kwargs,
-        )
+        .execute_in_process(run_config=QUIET, instance=instance, raise_on_error=False, **kwargs)
     )
 
 

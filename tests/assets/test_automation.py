@@ -1,258 +1,209 @@
-"""The per-image automation conditions through ``dg.evaluate_automation_conditions``.
+"""Automation: exactly the affected images and steps are re-materialised, once.
 
-Runs are executed the way the sensor, the schedule and the automation sensor request
-them: the ``segment_images`` job with an explicit ``asset_selection``.
+Each test plays the daemon: it records what the sensor records, evaluates the
+automation conditions with Dagster's own evaluator on a real instance, and executes
+the runs they request in process (as a run worker would).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from dagster_helpers import QUIET, write_image
 
-from assets.automation import (
-    AUTOMATION_INTERVAL_ENV,
-    AUTOMATION_SENSOR_NAME,
-    IMAGE_AUTOMATION_CONDITION,
-    LAUNCHED_BY_TAG,
-    STATUS_ENV,
-    build_automation_sensor,
-    default_status,
-    kseg_automation_sensor,
-)
-from assets.cache import STEP_INPUTS
+from assets import steps as steps_module
+from assets.changes import survey
 from assets.definitions import build_defs
-from assets.image_assets import source_image
-from assets.incoming import partition_key_for
-from assets.jobs import JOBS
-from assets.keys import IMAGE_ASSETS, PARTITIONS_NAME, REPORT, SOURCE
-from assets.report import segmentation_report
-from assets.steps import image_steps
+from assets.names import IMAGE_ASSETS, PARTITIONS_NAME, REPORT
+from assets.settings import ProjectSettings, update_own_settings
 from assets.storage import KsegStorage
+from pipeline.settings import SegmentSettings
 
-Requested = dict[str, set[str]]
-#: The tag every run kseg launches carries (here: as the incoming-folder sensor's runs).
-KSEG_RUN = {LAUNCHED_BY_TAG: "incoming_images_sensor"}
-
-
-def downstream_of(asset: str) -> set[str]:
-    """``asset`` and every per-image asset that depends on it, directly or not."""
-    found = {asset}
-    changed = True
-    while changed:
-        changed = False
-        for name, inputs in STEP_INPUTS.items():
-            if name not in found and found & set(inputs):
-                found.add(name)
-                changed = True
-    return found
+pytestmark = [
+    pytest.mark.slow,
+    # Dagster's own evaluator calls a beta parameter of AssetSelection.all internally.
+    pytest.mark.filterwarnings("ignore:Parameter `include_sources`:dagster.BetaWarning"),
+]
 
 
-def defs_with(storage: KsegStorage, bumped: str | None = None) -> dg.Definitions:
-    """The code location's definitions; ``bumped``'s code version changed if given."""
-    if bumped is None:
-        return build_defs(storage)
-
-    def bump(spec: dg.AssetSpec) -> dg.AssetSpec:
-        if spec.key == dg.AssetKey(bumped):
-            return spec.replace_attributes(code_version=f"{spec.code_version}-bumped")
-        return spec
-
-    return dg.Definitions(
-        assets=[source_image, image_steps.map_asset_specs(bump), segmentation_report],
-        jobs=JOBS,
-        resources={"storage": storage},
-        executor=dg.in_process_executor,
-    )
-
-
-class Automation:
-    """Evaluates the automation conditions tick after tick, keeping the cursor."""
+class Daemon:
+    """The sensor's observations, automation's evaluations and the runs, in process."""
 
     def __init__(self, instance: dg.DagsterInstance, storage: KsegStorage) -> None:
         self.instance = instance
         self.storage = storage
+        self.project = ProjectSettings(SegmentSettings())
         self.cursor = None
+        self.defs = build_defs(storage, self.project)
 
-    def tick(self, defs: dg.Definitions | None = None) -> Requested:
+    def sense(self) -> None:
+        """What incoming_images_sensor records: new partitions and changed observations."""
+        found = survey(self.storage, self.instance, self.project)
+        self.instance.add_dynamic_partitions(PARTITIONS_NAME, found.new)
+        for event in found.events:
+            self.instance.report_runless_asset_event(event)
+
+    def evaluate(self) -> dict[str, set[str | None]]:
+        """One automation tick: asset -> partitions requested."""
         result = dg.evaluate_automation_conditions(
-            defs=defs or defs_with(self.storage),
-            instance=self.instance,
-            asset_selection=kseg_automation_sensor.asset_selection,  # what the sensor evaluates
-            cursor=self.cursor,
+            defs=self.defs, instance=self.instance, cursor=self.cursor
         )
         self.cursor = result.cursor
-        requested = {}
-        for asset in (SOURCE, *IMAGE_ASSETS, REPORT):
-            keys = result.get_requested_partitions(dg.AssetKey(asset))
-            if keys:
-                requested[asset] = set(keys)
-        return requested
+        self.requested = {
+            name: set(partitions)
+            for name in (*IMAGE_ASSETS, REPORT)
+            if (partitions := result.get_requested_partitions(dg.AssetKey(name)))
+        }
+        return self.requested
 
-    def run(
-        self,
-        key: str,
-        assets: list[str] | tuple[str, ...] = IMAGE_ASSETS,
-        tags: dict[str, str] | None = KSEG_RUN,
-    ) -> bool:
-        """Run ``segment_images`` on one partition with an explicit asset selection.
+    def run_requested(self) -> list[dg.ExecuteInProcessResult]:
+        """Execute the last tick's requests, one run per partition, as run workers would."""
+        job = self.defs.resolve_implicit_global_asset_job_def()
+        by_partition: dict[str | None, list[str]] = {}
+        for name, partitions in self.requested.items():
+            for partition in partitions:
+                by_partition.setdefault(partition, []).append(name)
+        results = []
+        for partition, names in sorted(by_partition.items(), key=lambda item: item[0] is None):
+            tags = {"dagster/partition": partition} if partition else {}
+            results.append(
+                job.execute_in_process(
+                    run_config=QUIET,
+                    instance=self.instance,
+                    asset_selection=[dg.AssetKey(name) for name in names],
+                    tags=tags,
+                    raise_on_error=False,
+                )
+            )
+        return results
 
-        By default the run is tagged like the runs kseg launches; ``tags=None`` is a run
-        launched by hand from the UI.
-        """
-        job = defs_with(self.storage).resolve_job_def("segment_images")
-        result = job.execute_in_process(
-            run_config=QUIET,
-            instance=self.instance,
-            partition_key=key,
-            asset_selection=[dg.AssetKey(a) for a in assets],
-            tags=tags,
-            raise_on_error=False,
-        )
-        return result.success
-
-    def observe(self, key: str) -> None:
-        job = defs_with(self.storage).resolve_job_def("observe_images")
-        job.execute_in_process(run_config=QUIET, instance=self.instance, partition_key=key)
-
-
-@pytest.fixture
-def automation(instance: dg.DagsterInstance, storage: KsegStorage) -> Automation:
-    return Automation(instance, storage)
+    def settle(self, ticks: int = 4) -> None:
+        """Evaluate and run until nothing more is requested."""
+        for _ in range(ticks):
+            if not self.evaluate():
+                return
+            self.run_requested()
+        raise AssertionError("automation kept requesting runs")
 
 
 @pytest.fixture
-def two_images(automation: Automation, incoming: Path) -> tuple[str, str]:
-    """Two images registered and segmented the way the sensor does it."""
-    a = write_image(incoming, "a.png", "astronaut")
-    b = write_image(incoming, "b.png", "coffee")
-    automation.instance.add_dynamic_partitions(PARTITIONS_NAME, [a, b])
-    assert automation.tick() == {}  # the initial evaluation
-    assert automation.run(a) and automation.run(b)
-    return a, b
+def daemon(instance, storage) -> Daemon:
+    running = Daemon(instance, storage)
+    assert running.evaluate() == {}  # automation was already on before any image came
+    return running
 
 
-# -- definitions ------------------------------------------------------------------------------
-def test_every_per_image_asset_carries_the_condition() -> None:
-    graph = build_defs().resolve_asset_graph()
-    for asset in IMAGE_ASSETS:
-        assert graph.get(dg.AssetKey(asset)).automation_condition == IMAGE_AUTOMATION_CONDITION
-    assert graph.get(dg.AssetKey(SOURCE)).automation_condition is None
-    assert graph.get(dg.AssetKey(REPORT)).automation_condition is None
+def _two_images(incoming: Path) -> tuple[str, str]:
+    return write_image(incoming, "a.png", "astronaut"), write_image(incoming, "c.png", "coffee")
 
 
-def test_the_automation_sensor_runs_by_default_over_the_per_image_assets() -> None:
-    defs = build_defs()
-    sensor = defs.resolve_sensor_def(AUTOMATION_SENSOR_NAME)
-    assert sensor is kseg_automation_sensor
-    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
-    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensor.minimum_interval_seconds == 30
-    graph = defs.resolve_asset_graph()
-    selected = sensor.asset_selection.resolve(graph)
-    assert selected == {dg.AssetKey(a) for a in IMAGE_ASSETS}
+def test_new_images_are_segmented_once_then_the_report(daemon, incoming):
+    a, c = _two_images(incoming)
+    daemon.sense()
+    requested = daemon.evaluate()
+    assert {name: requested[name] for name in IMAGE_ASSETS} == {n: {a, c} for n in IMAGE_ASSETS}
+    assert REPORT not in requested  # not before the images are materialised
+    assert all(r.success for r in daemon.run_requested())
+    assert daemon.evaluate() == {REPORT: {None}}
+    daemon.run_requested()
+    assert daemon.evaluate() == {}
+    daemon.sense()  # nothing changed: nothing recorded, nothing requested
+    assert daemon.evaluate() == {}
 
 
-def test_automation_runs_in_process() -> None:
-    job = build_defs().resolve_implicit_global_asset_job_def()
-    assert job.executor_def.name == "in_process"
-
-
-def test_interval_and_status_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(AUTOMATION_INTERVAL_ENV, "7")
-    monkeypatch.setenv(STATUS_ENV, "Stopped")
-    sensor = build_automation_sensor()
-    assert sensor.minimum_interval_seconds == 7
-    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    with pytest.raises(ValueError, match=STATUS_ENV):
-        default_status({STATUS_ENV: "paused"})
-
-
-# -- behaviour --------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_runs_of_the_sensor_cause_no_second_automatic_run(
-    automation: Automation, two_images: tuple[str, str]
-) -> None:
-    assert automation.tick() == {}
-    assert automation.tick() == {}
-
-
-@pytest.mark.slow
-def test_a_kseg_run_seen_between_two_steps_causes_no_second_run(
-    automation: Automation, two_images: tuple[str, str]
-) -> None:
-    # What an evaluation sees when it reads the event log while a run of the sensor is
-    # between two steps and the run's status after it ended: one step updated, the next
-    # not, nothing in progress. The rest of the image must not be requested again.
-    a, _ = two_images
-    automation.tick()
-    assert automation.run(a, assets=("raw_image",))
-    assert automation.tick() == {}
-    assert automation.run(a, assets=("raw_image", "pixel_features", "elbow_metrics"))
-    assert automation.tick() == {}
-
-
-@pytest.mark.slow
-def test_a_step_rematerialised_from_the_ui_updates_exactly_its_downstream(
-    automation: Automation, two_images: tuple[str, str]
-) -> None:
-    a, _ = two_images
-    automation.tick()
-    assert automation.run(a, assets=("chosen_k",), tags=None)
-    assert automation.tick() == {asset: {a} for asset in downstream_of("chosen_k") - {"chosen_k"}}
-    assert automation.tick() == {}
-
-
-@pytest.mark.slow
-def test_a_new_source_version_rematerialises_that_image_only(
-    automation: Automation, two_images: tuple[str, str], incoming: Path
-) -> None:
-    a, b = two_images
-    automation.tick()
-    automation.observe(b)  # unchanged bytes: the same data version, nothing to do
-    assert automation.tick() == {}
+def test_a_replaced_file_resegments_that_image_only(daemon, incoming):
+    a, _c = _two_images(incoming)
+    daemon.sense()
+    daemon.settle()
     write_image(incoming, "a.png", "chelsea")
-    automation.observe(a)
-    assert automation.tick() == {asset: {a} for asset in IMAGE_ASSETS}
-    assert automation.tick() == {}  # requested once, not again while it is pending
-    assert automation.run(a)
-    assert automation.tick() == {}
+    daemon.sense()
+    requested = daemon.evaluate()
+    assert {name: requested.get(name) for name in IMAGE_ASSETS} == {n: {a} for n in IMAGE_ASSETS}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("bumped", ["pixel_features", "chosen_k", "segment_stats"])
-def test_a_code_version_change_rematerialises_exactly_the_affected_steps(
-    automation: Automation, two_images: tuple[str, str], storage: KsegStorage, bumped: str
-) -> None:
-    automation.tick()
-    changed = defs_with(storage, bumped=bumped)
-    requested = automation.tick(changed)
-    assert requested == {asset: set(two_images) for asset in downstream_of(bumped)}
-    assert automation.tick(changed) == {}
+def test_a_touched_file_requests_nothing(daemon, incoming):
+    _a, _ = _two_images(incoming)
+    daemon.sense()
+    daemon.settle()
+    path = incoming / "a.png"
+    path.write_bytes(path.read_bytes())  # same bytes, new time
+    daemon.sense()
+    assert daemon.evaluate() == {}
 
 
-@pytest.mark.slow
-def test_a_failed_image_is_not_retried_in_a_loop(
-    automation: Automation, storage: KsegStorage, incoming: Path
-) -> None:
-    good = write_image(incoming, "good.png", "astronaut")
-    (incoming / "bad.png").write_bytes(b"this is not an image")
-    bad = partition_key_for("bad.png")
-    automation.instance.add_dynamic_partitions(PARTITIONS_NAME, [good, bad])
-    automation.tick()
-    assert automation.run(good)
-    assert not automation.run(bad)  # the sensor's run of the bad file fails
+def test_an_images_own_settings_resegment_it_from_the_first_step_that_reads_them(
+    daemon, incoming, storage
+):
+    a, _c = _two_images(incoming)
+    daemon.sense()
+    daemon.settle()
+    update_own_settings(storage.store(), daemon.project, [a], {"k_override": 5}, updated_by="test")
+    daemon.sense()
+    requested = daemon.evaluate()
+    assert "raw_image" not in requested  # it reads no setting
+    assert {name: requested[name] for name in IMAGE_ASSETS[1:]} == {
+        name: {a} for name in IMAGE_ASSETS[1:]
+    }
+    daemon.run_requested()
+    outcome = storage.store().manifest(a, "chosen_k")
+    assert outcome.info["chosen_k"] == 5
+    # Nothing reverts it: the next ticks (and any number of them) request nothing.
+    daemon.settle()
+    daemon.sense()
+    assert daemon.evaluate() == {}
+    assert storage.store().manifest(a, "chosen_k").info["chosen_k"] == 5
+
+
+def test_a_project_settings_change_marks_exactly_the_affected_images(daemon, incoming, storage):
+    a, c = _two_images(incoming)
+    update_own_settings(storage.store(), daemon.project, [a], {"k_override": 4}, updated_by="t")
+    daemon.sense()
+    daemon.settle()
+    # The project's fixed K changes: the image with its own K keeps it and is untouched.
+    daemon.project = ProjectSettings(SegmentSettings(k_override=6))
+    daemon.defs = build_defs(daemon.storage, daemon.project)
+    daemon.sense()
+    requested = daemon.evaluate()
+    assert {name: requested.get(name) for name in IMAGE_ASSETS[1:]} == {
+        name: {c} for name in IMAGE_ASSETS[1:]
+    }
+
+
+def test_a_code_version_change_rematerialises_that_step_and_what_follows(
+    daemon, incoming, monkeypatch
+):
+    a, c = _two_images(incoming)
+    daemon.sense()
+    daemon.settle()
+    changed = dataclasses.replace(steps_module.STEPS["chosen_k"], code_version="99")
+    monkeypatch.setitem(steps_module.STEPS, "chosen_k", changed)
+    daemon.defs = build_defs(daemon.storage, daemon.project)
+    requested = daemon.evaluate()
+    downstream = ("chosen_k", "segmented_image", "label_map", "segment_stats")
+    assert {name: requested.get(name) for name in IMAGE_ASSETS} == {
+        name: ({a, c} if name in downstream else None) for name in IMAGE_ASSETS
+    }
+    daemon.run_requested()
+    daemon.settle()  # then the report, once, and nothing more
+
+
+def test_a_failed_image_is_not_retried_in_a_loop(daemon, incoming):
+    (incoming / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    daemon.sense()
+    assert daemon.evaluate()
+    results = daemon.run_requested()
+    assert not any(r.success for r in results)
     for _ in range(3):
-        assert automation.tick() == {}
-    changed = defs_with(storage, bumped="raw_image")  # a failed image is the schedule's
-    requested = automation.tick(changed)
-    assert requested == {asset: {good} for asset in IMAGE_ASSETS}
-    assert automation.run(good)
-    for _ in range(3):
-        assert automation.tick(changed) == {}
-    (incoming / "bad.png").unlink()  # fixed: the sensor's run succeeds, nothing more to do
-    write_image(incoming, "bad.png", "coffee")
-    assert automation.run(bad)
-    assert automation.tick(changed) == {}
+        daemon.sense()
+        assert IMAGE_ASSETS[0] not in daemon.evaluate()
+
+
+def test_images_without_outputs_are_taken_when_automation_starts(instance, storage, incoming):
+    a, c = _two_images(incoming)
+    late = Daemon(instance, storage)
+    late.sense()  # the sensor saw them before automation ever evaluated
+    requested = late.evaluate()
+    assert {name: requested[name] for name in IMAGE_ASSETS} == {n: {a, c} for n in IMAGE_ASSETS}

@@ -6,30 +6,31 @@ import dataclasses
 
 import pytest
 
-from assets import cache
-from assets.keys import CHOSEN, ELBOW, FEATURES, IMAGE_ASSETS, LABELS, RAW, SEGMENTED, STATS
+from assets import steps
+from assets.names import CHOSEN, ELBOW, FEATURES, IMAGE_ASSETS, LABELS, RAW, SEGMENTED, STATS
+from assets.steps.base import cache_key
 from pipeline.settings import SegmentSettings
 
 SHA = "0" * 64
 
 
 def _changed(**changes: object) -> set[str]:
-    base = cache.chain_keys(SHA, SegmentSettings())
-    other = cache.chain_keys(SHA, dataclasses.replace(SegmentSettings(), **changes))
+    base = steps.chain_keys(SHA, SegmentSettings())
+    other = steps.chain_keys(SHA, dataclasses.replace(SegmentSettings(), **changes))
     return {asset for asset in base if base[asset] != other[asset]}
 
 
 def test_chain_keys_cover_every_step_and_are_deterministic() -> None:
-    keys = cache.chain_keys(SHA, SegmentSettings())
+    keys = steps.chain_keys(SHA, SegmentSettings())
     assert set(keys) == set(IMAGE_ASSETS)
-    assert keys == cache.chain_keys(SHA, SegmentSettings())
+    assert keys == steps.chain_keys(SHA, SegmentSettings())
     assert len(set(keys.values())) == len(keys)
     assert all(len(k) == 64 for k in keys.values())
 
 
 def test_new_bytes_change_every_key() -> None:
-    a = cache.chain_keys(SHA, SegmentSettings())
-    b = cache.chain_keys("1" * 64, SegmentSettings())
+    a = steps.chain_keys(SHA, SegmentSettings())
+    b = steps.chain_keys("1" * 64, SegmentSettings())
     assert all(a[k] != b[k] for k in a)
 
 
@@ -49,17 +50,34 @@ def test_a_setting_changes_only_the_steps_that_read_it(changes: dict, expected: 
 
 
 def test_code_version_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    before = cache.chain_keys(SHA, SegmentSettings())
-    monkeypatch.setitem(cache.CODE_VERSIONS, ELBOW, "999")
-    after = cache.chain_keys(SHA, SegmentSettings())
+    before = steps.chain_keys(SHA, SegmentSettings())
+    changed = dataclasses.replace(steps.STEPS[ELBOW], code_version="999")
+    monkeypatch.setitem(steps.STEPS, ELBOW, changed)
+    after = steps.chain_keys(SHA, SegmentSettings())
     assert before[RAW] == after[RAW] and before[FEATURES] == after[FEATURES]
     assert {a for a in before if before[a] != after[a]} == {ELBOW, CHOSEN, SEGMENTED, LABELS, STATS}
 
 
 def test_cache_key_is_sensitive_to_every_part() -> None:
     base = {"code_version": "1", "inputs": ["a"], "settings": {"x": 1}}
-    key = cache.cache_key("s", **base)
-    assert cache.cache_key("t", **base) != key
-    assert cache.cache_key("s", **{**base, "code_version": "2"}) != key
-    assert cache.cache_key("s", **{**base, "inputs": ["b"]}) != key
-    assert cache.cache_key("s", **{**base, "settings": {"x": 2}}) != key
+    key = cache_key("s", **base)
+    assert cache_key("t", **base) != key
+    assert cache_key("s", **{**base, "code_version": "2"}) != key
+    assert cache_key("s", **{**base, "inputs": ["b"]}) != key
+    assert cache_key("s", **{**base, "settings": {"x": 2}}) != key
+
+
+def test_keys_are_those_of_earlier_kseg_versions_so_stored_outputs_stay_valid() -> None:
+    # Recorded with the kseg before the steps were split (same store layout and keys):
+    # upgrading must not recompute anyone's store.
+    keys = steps.chain_keys(SHA, SegmentSettings())
+    assert keys[RAW] == cache_key(
+        RAW,
+        code_version="1",
+        inputs=[SHA],
+        settings={"max_pixels": 100_000_000, "background": [255, 255, 255]},
+    )
+    assert keys[FEATURES] == cache_key(
+        FEATURES, code_version="1", inputs=[keys[RAW]],
+        settings={"features": "lab", "schema_version": "1"},
+    )  # fmt: skip

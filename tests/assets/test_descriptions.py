@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from dagster_helpers import check_evaluations, materializations, run_job, write_image
 
-from assets.keys import IMAGE_ASSETS
+from assets.names import IMAGE_ASSETS
 from assets.storage import KsegStorage
 
 #: Metadata that describes this run rather than the stored output.

@@ -10,18 +10,28 @@ import pyarrow.parquet as pq
 import pytest
 from dagster_helpers import store_mtimes, write_image
 
-from assets.keys import IMAGE_ASSETS
-from assets.planning import batches
-from assets.run import open_instance, run_command
+from assets.instance import open_instance, project_home
+from assets.names import IMAGE_ASSETS
+from assets.partitions import batches
+from assets.run import run_command
+from assets.settings import ProjectSettings
+from pipeline.settings import SegmentSettings
 
 
-def _run(incoming: Path, tmp_path: Path, instance: dg.DagsterInstance, all_: bool = False):
+def _run(
+    incoming: Path,
+    tmp_path: Path,
+    instance: dg.DagsterInstance,
+    all_: bool = False,
+    environ: dict | None = None,
+):
     out, err = io.StringIO(), io.StringIO()
     code = run_command(
         str(incoming),
         all_,
         store_root=str(tmp_path / "store"),
         instance=instance,
+        environ=environ or {},
         out=out,
         err=err,
     )
@@ -59,7 +69,7 @@ def test_kseg_run_materialises_every_output_and_records_runs(
     assert sorted(report.column("partition_key").to_pylist()) == sorted(keys)
     runs = _job_runs(instance, "segment_images")
     assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
-    assert runs[0].tags["dagster/asset_partition_range_start"] == keys[0]
+    assert runs[0].tags["dagster/asset_partition_range_start"] in keys
     assert _job_runs(instance, "segmentation_report_job")
 
 
@@ -111,8 +121,9 @@ def test_a_bad_file_prints_one_line_and_the_rest_is_processed(
     )
     assert any("escape.png: symbolic link leads outside" in line for line in lines)
     assert "Traceback" not in err
+    # The batch failed at the bad file; run image by image, the good one completed.
     assert instance.get_materialized_partitions(dg.AssetKey("segment_stats")) == {good}
-    assert "kseg run: report" in out
+    assert "kseg run: report" in out and "in 3 run(s)" in out
 
 
 def test_a_missing_incoming_folder_is_a_usage_error(
@@ -126,17 +137,53 @@ def test_invalid_settings_are_refused_before_anything_runs(
     incoming: Path, tmp_path: Path, instance: dg.DagsterInstance
 ) -> None:
     write_image(incoming, "a.png")
-    err = io.StringIO()
-    code = run_command(
-        str(incoming),
-        store_root=str(tmp_path / "store"),
-        instance=instance,
-        err=err,
-        out=io.StringIO(),
-        run_config={"ops": {"image_steps": {"config": {"features": "xyz"}}}},
+    code, _, err = _run(
+        incoming, tmp_path, instance, environ={"KSEG_FEATURES": "xyz", "KSEG_K_MAX": "1"}
     )
-    assert code == 2 and "invalid setting 'features'" in err.getvalue()
+    assert code == 2
+    assert "KSEG_K_MAX (k_max)" in err and "KSEG_FEATURES (features)" in err
+    assert len(err.strip().splitlines()) == 1
     assert not instance.get_runs()
+
+
+def test_project_and_image_settings_decide_and_a_failed_check_is_an_error(
+    incoming: Path, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    from assets.settings import update_own_settings
+    from assets.storage import Store
+
+    a = write_image(incoming, "a.png")
+    b = write_image(incoming, "b.png", "coffee")
+    instance.add_dynamic_partitions("images", [a, b])
+    store = Store(tmp_path / "store")
+    project = ProjectSettings(SegmentSettings(k_override=3))
+    update_own_settings(store, project, [b], {"k_override": 5}, updated_by="test")
+    code, _, err = _run(incoming, tmp_path, instance, environ={"KSEG_K": "3"})
+    assert code == 0, err
+    assert store.manifest(a, "chosen_k").info["chosen_k"] == 3
+    assert store.manifest(b, "chosen_k").info["chosen_k"] == 5
+    # A label map forged consistently (new PNG, its SHA in the manifest) is reused from
+    # the cache, but its check fails: that is an error, not a success.
+    import hashlib
+    import json
+
+    from pipeline.render import decode_png, encode_png
+
+    folder = tmp_path / "store" / "images" / a
+    labels = decode_png((folder / "label_map.png").read_bytes())
+    labels[:] = 0
+    forged = encode_png(labels)
+    (folder / "label_map.png").write_bytes(forged)
+    manifest = json.loads((folder / "label_map.manifest.json").read_text())
+    manifest["files"]["label_map.png"] = {
+        "sha256": hashlib.sha256(forged).hexdigest(),
+        "bytes": len(forged),
+    }
+    (folder / "label_map.manifest.json").write_text(json.dumps(manifest))
+    code, out, err = _run(incoming, tmp_path, instance, all_=True, environ={"KSEG_K": "3"})
+    assert code == 1
+    assert f"kseg run: check failed: {a}: check labels_match_image of label_map failed" in err
+    assert "1 failed check(s)" in out
 
 
 def test_the_project_instance_is_created_with_telemetry_off(tmp_path: Path) -> None:
@@ -166,7 +213,6 @@ def test_batches_are_contiguous_ranges(wanted: set, size: int, expected: list) -
 def test_the_instance_defaults_to_dagster_home_or_the_project_folder(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from assets.run import project_home
     from assets.storage import PROJECT_ROOT
 
     monkeypatch.delenv("DAGSTER_HOME", raising=False)

@@ -9,8 +9,6 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.loader import LoadingContextForTest
 from dagster_helpers import (
     check_evaluations,
     materializations,
@@ -19,10 +17,10 @@ from dagster_helpers import (
     write_image,
 )
 
-from assets.cache import chain_keys, sha256_bytes
 from assets.definitions import defs
 from assets.incoming import partition_key_for
-from assets.keys import IMAGE_ASSETS, REPORT
+from assets.names import IMAGE_ASSETS, REPORT
+from assets.steps import chain_keys
 from assets.storage import KsegStorage
 from pipeline.render import decode_png
 from pipeline.settings import SegmentSettings
@@ -30,11 +28,16 @@ from pipeline.settings import SegmentSettings
 PER_IMAGE_CHECKS = ("rows_match_pixels", "wcss_non_increasing", "k_in_range", "labels_match_image")
 
 
-def _stale(instance: dg.DagsterInstance, asset: str, partition: str) -> StaleStatus:
-    resolver = CachingStaleStatusResolver(
-        instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
-    )
-    return resolver.get_status(dg.AssetKey(asset), partition)
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _step_failures(result: dg.ExecuteInProcessResult) -> dict[str, object]:
+    return {
+        e.step_key: e.step_failure_data.user_failure_data for e in result.get_step_failure_events()
+    }
 
 
 def test_every_asset_materialises_with_metadata_and_passing_checks(
@@ -89,9 +92,14 @@ def test_every_asset_materialises_with_metadata_and_passing_checks(
     assert set(np.unique(labels)) == set(range(chosen["chosen_k"].value))
     document = json.loads((folder / "chosen_k.json").read_text())
     assert document["chosen_k"] == chosen["chosen_k"].value
+    expected = chain_keys(_sha256(incoming / "photos/astronaut.png"), SegmentSettings())
     for asset in IMAGE_ASSETS:
         manifest = json.loads((folder / f"{asset}.manifest.json").read_text())
-        assert manifest["cache_key"] == found[asset, key].tags["dagster/data_version"]
+        assert manifest["cache_key"] == found[asset, key].metadata["cache_key"].value
+        assert manifest["cache_key"] == expected[asset]
+    # One step per asset: the run timed each of them.
+    assert {e.step_key for e in result.all_events if e.is_step_success} == set(IMAGE_ASSETS)
+    assert not [e for e in result.all_events if "did not yield" in (e.message or "")]
     assert not list((tmp_path / "store").rglob("*.tmp"))
     # Nothing went through an IO manager: Dagster's storage holds compute logs only.
     stored = [p for p in (tmp_path / "dagster_home" / "storage").rglob("*") if p.is_file()]
@@ -106,7 +114,7 @@ def test_a_table_unlike_the_declared_schema_reports_its_own(
         instance,
         storage,
         [key],
-        config={"features": "hsv"},
+        settings=SegmentSettings(features="hsv"),
         selection=["raw_image", "pixel_features"],
     )
     assert result.success
@@ -129,13 +137,13 @@ def test_second_materialisation_is_a_cache_hit_and_writes_nothing(
     for (asset, partition), event in again.items():
         assert event.metadata["cache"].value == "hit", (asset, partition)
         assert (
-            event.tags["dagster/data_version"]
-            == materializations(first)[asset, partition].tags["dagster/data_version"]
+            event.metadata["cache_key"]
+            == materializations(first)[asset, partition].metadata["cache_key"]
         )
     assert all(e.passed for e in check_evaluations(second).values())
 
 
-def test_a_batch_reports_each_partitions_own_data_version(
+def test_a_batch_records_each_images_own_metadata_and_checks(
     instance: dg.DagsterInstance, storage: KsegStorage, incoming: Path
 ) -> None:
     names = {"a.png": "astronaut", "b.png": "coffee", "c.png": "chelsea"}
@@ -143,52 +151,56 @@ def test_a_batch_reports_each_partitions_own_data_version(
     result = run_job(instance, storage, keys)
     assert result.success
     found = materializations(result)
-    for (rel, _), key in zip(names.items(), keys, strict=True):
-        expected = chain_keys(sha256_bytes((incoming / rel).read_bytes()), SegmentSettings())
+    for rel, key in zip(names, keys, strict=True):
+        expected = chain_keys(_sha256(incoming / rel), SegmentSettings())
         for asset in IMAGE_ASSETS:
-            assert found[asset, key].tags["dagster/data_version"] == expected[asset]
-    for key in keys:
-        for asset in IMAGE_ASSETS:
-            assert _stale(instance, asset, key) == StaleStatus.FRESH
+            assert found[asset, key].metadata["cache_key"].value == expected[asset]
+        assert found["raw_image", key].metadata["source_path"].value == rel
+    checks = check_evaluations(result)
+    assert {(name, p) for name, p in checks} == {(n, k) for n in PER_IMAGE_CHECKS for k in keys}
 
 
-@pytest.mark.parametrize("batch", [False, True], ids=["one-image-run", "batch-run"])
-def test_new_bytes_change_data_versions_and_mark_downstream_stale(
-    instance: dg.DagsterInstance, storage: KsegStorage, incoming: Path, batch: bool
+def _segment_images_from_env() -> dg.JobDefinition:
+    from assets.definitions import build_defs
+
+    return build_defs().resolve_job_def("segment_images")
+
+
+def test_a_step_that_failed_is_re_executed_alone_from_the_failure(
+    instance: dg.DagsterInstance, storage: KsegStorage, incoming: Path, monkeypatch
 ) -> None:
-    key = write_image(incoming, "a.png")
-    other = write_image(incoming, "z.png", "coffee")
-    keys = [key, other] if batch else [key]
-    first = materializations(run_job(instance, storage, keys))
-    # The file changes; observing the source makes Dagster see a new version.
-    write_image(incoming, "a.png", "chelsea")
-    assert run_job(instance, storage, [key], job="observe_images").success
-    assert _stale(instance, "raw_image", key) == StaleStatus.STALE
-    if batch:
-        assert _stale(instance, "raw_image", other) == StaleStatus.FRESH
-    second = materializations(run_job(instance, storage, keys))
-    for asset in IMAGE_ASSETS:
-        old = first[asset, key].tags["dagster/data_version"]
-        assert second[asset, key].tags["dagster/data_version"] != old, asset
-        assert second[asset, key].metadata["cache"].value == "miss"
-        assert _stale(instance, asset, key) == StaleStatus.FRESH
-    if batch:
-        assert all(second[a, other].metadata["cache"].value == "hit" for a in IMAGE_ASSETS)
+    from assets.steps import elbow_metrics
 
-
-def test_a_changed_upstream_marks_children_stale_until_they_rerun(
-    instance: dg.DagsterInstance, storage: KsegStorage, incoming: Path
-) -> None:
+    monkeypatch.setenv("KSEG_INCOMING_DIR", storage.incoming_dir)
+    monkeypatch.setenv("KSEG_STORE_ROOT", storage.store_root)
     key = write_image(incoming, "a.png")
-    assert run_job(instance, storage, [key]).success
-    # Only pixel_features is re-materialised with other settings: its children go stale.
-    result = run_job(
-        instance, storage, [key], config={"features": "rgb"}, selection=["pixel_features"]
-    )
-    assert result.success
-    assert _stale(instance, "pixel_features", key) == StaleStatus.FRESH
-    assert _stale(instance, "elbow_metrics", key) == StaleStatus.STALE
-    assert _stale(instance, "raw_image", key) == StaleStatus.FRESH
+    instance.add_dynamic_partitions("images", [key])
+    real = elbow_metrics.sweep
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", "elbow_metrics.parquet")
+
+    monkeypatch.setattr(elbow_metrics, "sweep", full_disk)
+    job = dg.reconstructable(_segment_images_from_env)
+    with dg.execute_job(job, instance=instance, tags={"dagster/partition": key}) as failed:
+        assert not failed.success
+        failures = {e.step_key for e in failed.all_events if e.is_step_failure}
+        assert failures == {"elbow_metrics"}  # the failure names the step
+        failure = next(e for e in failed.all_events if e.is_step_failure)
+        message = failure.step_failure_data.user_failure_data.description
+        assert message.startswith(f"elbow_metrics: {key}: cannot write to the store")
+        assert "No space left on device" in message
+        started = {e.step_key for e in failed.all_events if e.is_step_start}
+        assert started == set(IMAGE_ASSETS[:3])  # nothing after the failed step ran
+        run_id = failed.run_id
+    monkeypatch.setattr(elbow_metrics, "sweep", real)
+    # Re-execute from failure, as the UI does: only the failed step and those after it run.
+    options = dg.ReexecutionOptions.from_failure(run_id, instance)
+    tags = {"dagster/partition": key}  # the UI copies the parent run's tags; execute_job not
+    with dg.execute_job(job, instance=instance, reexecution_options=options, tags=tags) as again:
+        assert again.success
+        ran = {e.step_key for e in again.all_events if e.is_step_success}
+    assert ran == set(IMAGE_ASSETS[2:])
 
 
 def test_a_subset_reads_its_inputs_from_the_store(
@@ -197,7 +209,11 @@ def test_a_subset_reads_its_inputs_from_the_store(
     key = write_image(incoming, "a.png")
     assert run_job(instance, storage, [key]).success
     result = run_job(
-        instance, storage, [key], config={"min_strength": 0.01}, selection=["chosen_k", "label_map"]
+        instance,
+        storage,
+        [key],
+        settings=SegmentSettings(min_strength=0.01),
+        selection=["chosen_k", "label_map"],
     )
     assert result.success
     found = materializations(result)
@@ -211,7 +227,7 @@ def test_a_subset_without_its_inputs_fails_clearly(
     key = write_image(incoming, "a.png")
     result = run_job(instance, storage, [key], selection=["chosen_k"])
     assert not result.success
-    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    failure = _step_failures(result)["chosen_k"]
     assert "elbow_metrics is missing or damaged in the store" in failure.description
 
 
@@ -223,14 +239,16 @@ def test_a_bad_file_fails_only_its_partition(
     bad = partition_key_for("b.jpg")
     keys = [good, bad]
     result = run_job(instance, storage, keys)
-    assert not result.success
-    found = materializations(result)
-    assert {p for _, p in found} == {good}
-    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert not result.success  # a batch is all or nothing per step, as in Dagster
+    failure = _step_failures(result)["raw_image"]
     assert str(incoming / "b.jpg") in failure.description
     assert "truncated or corrupt" in failure.description
-    assert failure.metadata["failed"].value == 1
+    assert failure.metadata["failed"].value == 1 and failure.metadata["total"].value == 2
     assert not (tmp_path / "store" / "images" / bad).exists()
+    assert (tmp_path / "store" / "images" / good / "raw_image.manifest.json").is_file()
+    # Run image by image (the failed_batch_sensor's split), the good one completes.
+    assert run_job(instance, storage, [good]).success
+    assert not run_job(instance, storage, [bad]).success
     assert instance.get_materialized_partitions(dg.AssetKey("segment_stats")) == {good}
 
 
@@ -240,24 +258,12 @@ def test_a_missing_file_or_a_forged_key_fails_that_partition(
     forged = "x-0000000000"
     result = run_job(instance, storage, [forged])
     assert not result.success
-    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    failure = _step_failures(result)["raw_image"]
     assert "no image in the incoming folder has this partition key" in failure.description
     instance.add_dynamic_partitions("images", ["../escape"])
     result = run_job(instance, storage, ["../escape"], register=False)
     assert not result.success
     assert not (tmp_path / "escape").exists()
-
-
-def test_invalid_settings_fail_before_any_compute(
-    instance: dg.DagsterInstance, storage: KsegStorage, incoming: Path, tmp_path: Path
-) -> None:
-    key = write_image(incoming, "a.png")
-    result = run_job(instance, storage, [key], config={"k_min": 8, "k_max": 3})
-    assert not result.success
-    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
-    assert failure.description.startswith("invalid setting 'k_min'")
-    assert failure.metadata["field"].value == "k_min"
-    assert not (tmp_path / "store").exists()
 
 
 def test_checks_fail_on_deliberately_broken_outputs(
@@ -266,7 +272,7 @@ def test_checks_fail_on_deliberately_broken_outputs(
     incoming: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import assets.segmentation_assets as seg_module
+    import assets.steps.segmentation as seg_module
     from pipeline.render import segment as real_segment
 
     def broken_segment(*args, **kwargs):
@@ -278,10 +284,13 @@ def test_checks_fail_on_deliberately_broken_outputs(
     monkeypatch.setattr(seg_module, "segment", broken_segment)
     key = write_image(incoming, "a.png")
     result = run_job(instance, storage, [key])
-    assert result.success  # checks are not blocking: the run records them
+    # The check blocks: the run fails at label_map, and the failure is visible.
+    assert not result.success
+    assert "label_map" in {e.step_key for e in result.get_step_failure_events()}
     checks = check_evaluations(result)
     assert not checks["labels_match_image", key].passed
     assert checks["k_in_range", key].passed
+    assert ("label_map", key) in materializations(result)
 
 
 def test_report_covers_every_registered_image(
@@ -316,9 +325,17 @@ def test_sources_are_observed_per_partition(
     result = run_job(instance, storage, keys, job="observe_images")
     assert result.success
     for rel, key in zip(("a.png", "b.png"), keys, strict=True):
-        record = instance.get_latest_data_version_record(dg.AssetKey("source_image"), True, key)
-        tags = record.event_log_entry.dagster_event.event_specific_data.asset_observation.tags
-        assert tags["dagster/data_version"] == sha256_bytes((incoming / rel).read_bytes())
+        record = instance.fetch_observations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("source_image"), asset_partitions=[key]),
+            limit=1,
+        ).records[0]
+        assert record.asset_observation.tags["dagster/data_version"] == _sha256(incoming / rel)
+        assert record.asset_observation.metadata["path"].value == rel
+        settings = instance.fetch_observations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("image_settings"), asset_partitions=[key]),
+            limit=1,
+        ).records[0]
+        assert settings.asset_observation.metadata["settings"].value["k_max"] == 12
 
 
 def test_an_fsspec_store_root_works_end_to_end(

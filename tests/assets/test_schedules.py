@@ -12,16 +12,19 @@ from dagster_helpers import requested_partition_keys, run_job, write_image
 from assets.automation import STATUS_ENV
 from assets.definitions import build_defs
 from assets.incoming import partition_key_for
-from assets.keys import IMAGE_ASSETS, PARTITIONS_NAME
+from assets.names import IMAGE_ASSETS, PARTITIONS_NAME
 from assets.schedules import (
     CRON_ENV,
     SCHEDULE_NAME,
     TIMEZONE_ENV,
     build_resegmentation_schedule,
     busy_partitions,
-    resegmentation_schedule,
 )
+from assets.settings import ProjectSettings, update_own_settings
 from assets.storage import KsegStorage
+from pipeline.settings import SegmentSettings
+
+resegmentation_schedule = build_resegmentation_schedule()
 
 SELECTION = [dg.AssetKey(name) for name in IMAGE_ASSETS]
 NIGHT = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
@@ -36,7 +39,7 @@ def evaluate(
         instance=instance,
         instance_ref=instance.get_ref(),
         scheduled_execution_time=NIGHT,
-        resources={"storage": storage},
+        resources={"storage": storage, "settings": ProjectSettings(SegmentSettings())},
         repository_def=build_defs(storage).get_repository_def(),
     ) as context:
         return schedule.evaluate_tick(context)
@@ -74,14 +77,20 @@ def test_only_stale_missing_and_failed_images_are_requested(
     fresh = write_image(incoming, "fresh.png", "astronaut")
     never = write_image(incoming, "never.png", "coffee")
     settings = write_image(incoming, "settings.png", "chelsea")
+    own = write_image(incoming, "own.png", "immunohistochemistry")
     damaged = write_image(incoming, "damaged.png", "rocket")
     (incoming / "broken.png").write_bytes(b"not an image at all")
     broken = partition_key_for("broken.png")
     write_image(incoming, "unregistered.png", "camera")  # the sensor's business, not ours
-    order = [fresh, never, settings, damaged, broken]
+    order = [fresh, never, settings, own, damaged, broken]
     instance.add_dynamic_partitions(PARTITIONS_NAME, order)
     assert run_job(instance, storage, [fresh]).success
-    assert run_job(instance, storage, [settings], config={"seed": 7}).success  # other settings
+    # Made under other project settings (they changed since): stale.
+    assert run_job(instance, storage, [settings], settings=SegmentSettings(seed=7)).success
+    # The image's own settings: never reverted by the schedule.
+    project = ProjectSettings(SegmentSettings())
+    update_own_settings(storage.store(), project, [own], {"seed": 7}, updated_by="test")
+    assert run_job(instance, storage, [own]).success
     assert run_job(instance, storage, [damaged]).success
     (Path(storage.store_root) / "images" / damaged / "segment_stats.parquet").unlink()
     assert not run_job(instance, storage, [broken]).success  # a failed run
@@ -117,7 +126,7 @@ def test_only_stale_missing_and_failed_images_are_requested(
     instance.delete_dynamic_partition(PARTITIONS_NAME, broken)
     data = evaluate(resegmentation_schedule, instance, storage)
     assert not data.run_requests
-    assert "4 registered image(s)" in (data.skip_message or "")
+    assert "5 registered image(s)" in (data.skip_message or "")
     assert "1 busy" in (data.skip_message or "")
 
 

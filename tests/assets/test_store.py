@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets.incoming import partition_key_for
-from assets.store import Manifest, Store, StoreError, parquet_bytes
+from assets.storage import Manifest, Store, StoreError, parquet_bytes
 
 KEY = partition_key_for("a.png")
 

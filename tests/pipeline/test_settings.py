@@ -142,3 +142,19 @@ def test_settings_are_frozen():
     settings = SegmentSettings()
     with pytest.raises(AttributeError):
         settings.k_min = 3  # type: ignore[misc]
+
+
+def test_every_invalid_field_is_named_at_once():
+    settings = SegmentSettings(k_max=1, features="xyz", seed=2**32, variance_target=2.0)
+    with pytest.raises(SettingsError) as info:
+        settings.validate()
+    assert info.value.fields == ("k_max", "features", "seed", "variance_target")
+    assert str(info.value).startswith("4 invalid settings: 'k_max': must be between 2 and 64")
+    assert "'seed': must be between 0 and 4294967295" in str(info.value)
+    assert [p.field for p in settings.problems()] == list(info.value.fields)
+
+
+def test_a_seed_of_32_bits_is_the_largest_accepted():
+    SegmentSettings(seed=2**32 - 1).validate()
+    with pytest.raises(SettingsError, match="'seed'"):
+        SegmentSettings(seed=2**32).validate()

@@ -1,0 +1,86 @@
+"""The project's Dagster instance: where it lives, its ``dagster.yaml``, opening it safely.
+
+The instance is ``$DAGSTER_HOME`` if set, else ``.dagster_home/`` in the repository. A
+new one gets a ``dagster.yaml`` that turns telemetry and the first-visit pop-up off
+and otherwise keeps Dagster's defaults: SQLite storage (runs, events and schedules in
+``<home>/history`` and ``<home>/schedules``), the run queue, the default run launcher.
+Creating it holds a file lock, so two ``kseg run`` started at once on a new home
+do not both create its databases.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+from filelock import FileLock
+
+from pipeline.io import atomic_write_bytes
+
+from .storage import PROJECT_ROOT
+
+__all__ = ["DAGSTER_YAML", "instance_yaml", "open_instance", "project_home"]
+
+DAGSTER_YAML = """\
+# Dagster instance of the kseg project, created by `kseg run`.
+# Open the UI on it with `kseg ui` (DAGSTER_HOME=<this folder> dagster dev -w workspace.yaml).
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+#: The head of the ``dagster.yaml`` earlier kseg versions wrote: found unedited, it is
+#: replaced (the pooled event log they named was removed; the databases are the same).
+_EARLIER_HEAD = "# Dagster instance of the kseg project, created by `kseg run`.\n"
+_EARLIER_BODIES = (
+    "telemetry:\n  enabled: false\nnux:\n  enabled: false\n",
+    "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
+    "# Dagster's SQLite event log with pooled connections (see assets/event_storage.py).\n"
+    "event_log_storage:\n  module: assets.event_storage\n  class: PooledSqliteEventLogStorage\n"
+    "  config:\n    base_dir: {runs_dir}\n",
+)
+
+
+def project_home() -> Path:
+    """``$DAGSTER_HOME`` if set, else ``.dagster_home`` in the project root."""
+    env = os.environ.get("DAGSTER_HOME")
+    return Path(env).expanduser().absolute() if env else PROJECT_ROOT / ".dagster_home"
+
+
+def instance_yaml(home: Path) -> str:
+    """The ``dagster.yaml`` of a new kseg instance in ``home``."""
+    del home  # Dagster's defaults place every database under the home itself
+    return DAGSTER_YAML
+
+
+def _written_by_earlier_kseg(text: str, home: Path) -> bool:
+    runs_dir = json.dumps((home / "history" / "runs").as_posix())
+    lines = text.split("\n", 2)
+    if len(lines) < 3 or not text.startswith(_EARLIER_HEAD):
+        return False
+    body = lines[2]
+    return any(body == b.format(runs_dir=runs_dir) for b in _EARLIER_BODIES)
+
+
+def open_instance(home: str | os.PathLike[str] | None = None) -> dg.DagsterInstance:
+    """The persistent instance in ``home`` (default :func:`project_home`), created if new.
+
+    Creation (the folder, its ``dagster.yaml`` and every database) happens under a file
+    lock in the home, so concurrent first uses do not race. A ``dagster.yaml`` written
+    by an earlier kseg and never edited is replaced by the current one; any other is
+    used as it is.
+    """
+    path = Path(home).expanduser().absolute() if home else project_home()
+    path.mkdir(parents=True, exist_ok=True)
+    config = path / "dagster.yaml"
+    with FileLock(os.fspath(path / ".kseg-instance.lock")):
+        if not config.exists() or _written_by_earlier_kseg(config.read_text("utf-8"), path):
+            atomic_write_bytes(config, instance_yaml(path).encode("utf-8"))
+        instance = dg.DagsterInstance.from_config(str(path))
+        # Touch every storage now, while the lock is held, so their schemas are created
+        # by one process only.
+        instance.get_run_records(limit=1)
+        instance.get_dynamic_partitions("images")
+        instance.all_instigator_state()
+    return instance

@@ -1,0 +1,64 @@
+"""Names other tooling relies on: asset keys, groups, partitions, run tags (no Dagster import).
+
+Every step's own facts (code version, files, checks, description) live with the step
+in :mod:`assets.steps`; this module only holds the names that several modules share.
+"""
+
+__all__ = [
+    "BATCH_SIZE",
+    "CHOSEN",
+    "ELBOW",
+    "FEATURES",
+    "GROUP_IMAGES",
+    "GROUP_REPORT",
+    "GROUP_SEGMENTATION",
+    "IMAGE_ASSETS",
+    "LABELS",
+    "LAUNCHED_BY_TAG",
+    "PARTITIONS_NAME",
+    "PARTITION_TAG",
+    "RANGE_END_TAG",
+    "RANGE_START_TAG",
+    "RAW",
+    "REPORT",
+    "SEGMENTED",
+    "SETTINGS",
+    "SOURCE",
+    "SOURCES",
+    "STATS",
+]
+
+#: Name of the ``DynamicPartitionsDefinition`` with one partition per image.
+PARTITIONS_NAME = "images"
+
+#: The two observed sources of every image: its file and its effective settings.
+SOURCE = "source_image"
+SETTINGS = "image_settings"
+SOURCES = (SOURCE, SETTINGS)
+
+RAW = "raw_image"
+FEATURES = "pixel_features"
+ELBOW = "elbow_metrics"
+CHOSEN = "chosen_k"
+SEGMENTED = "segmented_image"
+LABELS = "label_map"
+STATS = "segment_stats"
+REPORT = "segmentation_report"
+
+#: The computed per-image assets, in topological order.
+IMAGE_ASSETS = (RAW, FEATURES, ELBOW, CHOSEN, SEGMENTED, LABELS, STATS)
+
+GROUP_IMAGES = "images"
+GROUP_SEGMENTATION = "segmentation"
+GROUP_REPORT = "report"
+
+#: Most partitions one run covers when a backfill (or ``kseg run``) takes many images.
+BATCH_SIZE = 50
+
+#: Dagster's run tags for one partition and for a range of partitions.
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+#: Run tag naming what launched a run that kseg requested itself (schedule, kseg run, ...).
+LAUNCHED_BY_TAG = "kseg/launched_by"
