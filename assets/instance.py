@@ -28,6 +28,16 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+# Dagster's run queue (its default), checked every second instead of every 5.
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+# Runs whose process died (kill -9, a lost machine) are marked failed by the daemon.
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
 """
 
 #: The head of the ``dagster.yaml`` earlier kseg versions wrote: found unedited, it is

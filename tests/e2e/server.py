@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from assets.run import instance_yaml
+from assets.instance import instance_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DAGSTER = Path(sys.executable).with_name("dagster")
@@ -73,8 +73,8 @@ class DagsterDev:
     def __enter__(self) -> DagsterDev:
         for folder in (self.home, self.incoming, self.store):
             folder.mkdir(parents=True, exist_ok=True)
-        # The instance `kseg run` creates (pooled SQLite event log, telemetry off), so
-        # the UI is tested on the configuration users open it on.
+        # The instance `kseg run` creates (Dagster's stock SQLite storage, telemetry off),
+        # so the UI is tested on the configuration users open it on.
         config = instance_yaml(self.home)
         if self.nux:
             config = config.replace("nux:\n  enabled: false\n", "")

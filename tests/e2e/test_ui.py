@@ -42,7 +42,8 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, sync_playwright
 
 from assets.incoming import partition_key_for
-from assets.keys import CHECKS, IMAGE_ASSETS, PARTITIONS_NAME, REPORT, SOURCE
+from assets.names import IMAGE_ASSETS, PARTITIONS_NAME, REPORT, SETTINGS, SOURCE
+from assets.steps import STEPS
 
 from .server import REPO, DagsterDev
 
@@ -58,7 +59,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1280, "height": 760}
+VIEWPORT = {"width": 1440, "height": 1000}
 
 #: Materialised by ``kseg run`` before the browser looks (file name -> skimage photo).
 PRE_MATERIALISED = {"astronaut.png": "astronaut", "coffee.jpg": "coffee"}
@@ -75,6 +76,10 @@ ORDER = [
     ["segmented_image", "label_map", "segment_stats"],
     [REPORT],
 ]
+
+#: Check name -> the asset it checks.
+CHECKS = {check.name: step.asset for step in STEPS.values() for check in step.checks}
+CHECKS["covers_every_image"] = REPORT
 
 #: Bounds (seconds).
 KSEG_RUN_TIMEOUT = 240
@@ -437,7 +442,7 @@ def test_the_ui_shows_lineage_launches_a_partition_and_renders_previews(tmp_path
 def _check_lineage(page: Page, dev: DagsterDev, shots: Shots) -> None:
     """Step 1: every asset drawn, edges == dependencies, laid out in pipeline order."""
     dependencies = _dependencies(dev)
-    names = {name for step in ORDER for name in step}
+    names = {name for step in ORDER for name in step} | {SETTINGS}
     assert {n for edge in dependencies for n in edge} == names, dependencies
 
     _goto(page, f"{dev.url}/asset-groups")
@@ -473,7 +478,10 @@ def _check_lineage(page: Page, dev: DagsterDev, shots: Shots) -> None:
         for a in before:  # each step is drawn to the left of the next
             for b in after:
                 assert nodes[a]["x"] + nodes[a]["w"] <= nodes[b]["x"], f"{a} not left of {b}"
+    # The settings come in where they are first read.
+    assert nodes[SETTINGS]["x"] + nodes[SETTINGS]["w"] <= nodes["pixel_features"]["x"]
     chain = [(SOURCE, "raw_image"), ("raw_image", "pixel_features")]
+    chain += [(SETTINGS, name) for name in IMAGE_ASSETS[1:]]
     chain += [("pixel_features", "elbow_metrics"), ("elbow_metrics", "chosen_k")]
     chain += [("chosen_k", out) for out in ORDER[5]] + [(out, REPORT) for out in ORDER[5]]
     assert set(chain) <= edges, sorted(set(chain) - edges)
