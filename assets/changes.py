@@ -255,8 +255,14 @@ def survey(
     Survey
         ``scan`` is None if the incoming folder does not exist (then nothing else is
         filled in: a missing folder is a fault, not a deletion of every image).
+
+    Raises
+    ------
+    KsegError
+        If the store and the incoming folder overlap.
     """
     started = time.perf_counter()
+    storage.check_layout()
     try:
         scan = storage.scan()
     except FileNotFoundError:

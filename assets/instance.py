@@ -10,16 +10,19 @@ do not both create its databases.
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import dagster as dg
+import yaml
 from filelock import FileLock
 
+from pipeline.errors import KsegError
 from pipeline.io import atomic_write_bytes
 
 from .storage import PROJECT_ROOT
 
-__all__ = ["DAGSTER_YAML", "instance_yaml", "open_instance", "project_home"]
+__all__ = ["DAGSTER_YAML", "diagnose", "instance_yaml", "open_instance", "project_home"]
 
 DAGSTER_YAML = """\
 # Dagster instance of the kseg project, created by `kseg run`.
@@ -73,6 +76,32 @@ def _written_by_earlier_kseg(text: str, home: Path) -> bool:
     return any(body == b.format(runs_dir=runs_dir) for b in _EARLIER_BODIES)
 
 
+def diagnose(home: Path, error: BaseException) -> str:
+    """Which file of the instance in ``home`` is unusable, why, and what to do."""
+    config = home / "dagster.yaml"
+    try:
+        document = yaml.safe_load(config.read_text(encoding="utf-8")) if config.exists() else {}
+        if document is not None and not isinstance(document, dict):
+            raise yaml.YAMLError("it is not a mapping of settings")
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0]
+        return f"{config}: not a valid dagster.yaml ({reason}); fix it, or delete it to get kseg's"
+    for database in sorted(home.rglob("*.db")):
+        try:
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+                verdict = connection.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            verdict = str(exc)
+        if verdict != "ok":
+            return (
+                f"{database}: the database is damaged ({verdict}); move it aside "
+                f"(mv '{database}' '{database}.broken') to start this part of the run history "
+                "afresh, or restore it from a backup"
+            )
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"cannot open the Dagster instance in {home}: {type(error).__name__}: {first}"
+
+
 def open_instance(home: str | os.PathLike[str] | None = None) -> dg.DagsterInstance:
     """The persistent instance in ``home`` (default :func:`project_home`), created if new.
 
@@ -80,6 +109,11 @@ def open_instance(home: str | os.PathLike[str] | None = None) -> dg.DagsterInsta
     lock in the home, so concurrent first uses do not race. A ``dagster.yaml`` written
     by an earlier kseg and never edited is replaced by the current one; any other is
     used as it is.
+
+    Raises
+    ------
+    KsegError
+        If the instance cannot be opened: naming the damaged file and what to do.
     """
     path = Path(home).expanduser().absolute() if home else project_home()
     path.mkdir(parents=True, exist_ok=True)
@@ -87,10 +121,13 @@ def open_instance(home: str | os.PathLike[str] | None = None) -> dg.DagsterInsta
     with FileLock(os.fspath(path / ".kseg-instance.lock")):
         if not config.exists() or _written_by_earlier_kseg(config.read_text("utf-8"), path):
             atomic_write_bytes(config, instance_yaml(path).encode("utf-8"))
-        instance = dg.DagsterInstance.from_config(str(path))
-        # Touch every storage now, while the lock is held, so their schemas are created
-        # by one process only.
-        instance.get_run_records(limit=1)
-        instance.get_dynamic_partitions("images")
-        instance.all_instigator_state()
+        try:
+            instance = dg.DagsterInstance.from_config(str(path))
+            # Touch every storage now, while the lock is held, so their schemas are
+            # created by one process only.
+            instance.get_run_records(limit=1)
+            instance.get_dynamic_partitions("images")
+            instance.all_instigator_state()
+        except Exception as exc:  # any failure to open: say which file, and why
+            raise KsegError(diagnose(path, exc)) from exc
     return instance

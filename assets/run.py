@@ -17,6 +17,7 @@ status 1; the other images are still processed.
 """
 
 import os
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -35,10 +36,49 @@ from .partitions import batches, run_tags_for
 from .settings import ProjectSettings
 from .storage import DEFAULT_INCOMING, DEFAULT_STORE, INCOMING_ENV, STORE_ENV, KsegStorage
 
-__all__ = ["RunSummary", "build_report", "materialise", "run_command"]
+__all__ = ["RunSummary", "build_report", "fail_abandoned_runs", "materialise", "run_command"]
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-_TAG = {LAUNCHED_BY_TAG: "kseg-run"}
+_HOST = socket.gethostname()
+_TAG = {LAUNCHED_BY_TAG: "kseg-run", "kseg/host": _HOST, "kseg/pid": str(os.getpid())}
+_UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_abandoned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the runs an earlier ``kseg run`` on this machine left unfinished.
+
+    ``kseg run`` executes its runs in its own process; killed (kill -9, a crash), it
+    leaves them STARTED for ever, and no daemon watches an in-process run. They carry
+    the host and process id that ran them, so a process that no longer exists is known.
+
+    Returns
+    -------
+    list of str
+        The run ids marked failed.
+    """
+    failed = []
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=_UNFINISHED)):
+        run = record.dagster_run
+        tags = run.tags
+        if tags.get(LAUNCHED_BY_TAG) != "kseg-run" or tags.get("kseg/host") != _HOST:
+            continue
+        pid = tags.get("kseg/pid", "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            instance.report_run_failed(
+                run, f"the kseg run process ({pid}) that executed this run is gone"
+            )
+            failed.append(run.run_id)
+    return failed
 
 
 @dataclass
@@ -200,13 +240,24 @@ def run_command(
     )
     try:
         project = project or ProjectSettings.from_env(env)
+        storage.check_layout()
     except KsegError as exc:
         print(f"kseg run: error: {exc}", file=err)
         return 2
     owned = instance is None
-    instance = instance or open_instance(dagster_home)
+    try:
+        instance = instance or open_instance(dagster_home)
+    except KsegError as exc:
+        print(f"kseg run: error: {exc}", file=err)
+        return 2
     summary = RunSummary()
     try:
+        abandoned = fail_abandoned_runs(instance)
+        if abandoned:
+            print(
+                f"kseg run: marked {len(abandoned)} run(s) of a killed kseg run as failed",
+                file=out,
+            )
         found = survey(storage, instance, project)
         if found.scan is None:
             print(f"kseg run: error: incoming folder {storage.incoming()} does not exist", file=err)

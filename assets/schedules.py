@@ -24,6 +24,8 @@ import os
 
 import dagster as dg
 
+from pipeline.errors import KsegError
+
 from .automation import default_status
 from .changes import plan, survey
 from .jobs import segment_images
@@ -138,7 +140,8 @@ def build_resegmentation_schedule(
             requests, summary = resegmentation_requests(
                 context.instance, storage, settings, batch_size=batch_size
             )
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, KsegError) as exc:
+            context.log.error(str(exc))
             return dg.SkipReason(str(exc))
         context.log.info(summary)
         return requests or dg.SkipReason(summary)

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from pipeline.errors import KsegError
+
 from .automation import default_status, positive_int_env
 from .changes import Survey, survey
 from .incoming import is_valid_partition_key
@@ -66,6 +68,10 @@ INTERVAL_ENV = "KSEG_SENSOR_INTERVAL_SECONDS"
 SETTLE_ENV = "KSEG_SENSOR_SETTLE_SECONDS"
 MAX_FILES_ENV = "KSEG_SENSOR_MAX_FILES"
 TIME_BUDGET_ENV = "KSEG_SENSOR_TIME_BUDGET_SECONDS"
+DELETE_SHARE_ENV = "KSEG_SENSOR_MAX_DELETE_SHARE"
+DELETE_CONFIRM_ENV = "KSEG_SENSOR_DELETE_CONFIRM_SECONDS"
+#: Fewer vanished images than this are never a "mass" deletion.
+MASS_DELETION_MIN = 10
 
 _LISTED = 20  # skipped files named in one warning
 
@@ -80,6 +86,13 @@ def _float_env(name: str, default: float, environ: Mapping[str, str]) -> float:
         raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
     if not value >= 0:
         raise ValueError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+def _share_env(name: str, default: float, environ: Mapping[str, str]) -> float:
+    value = _float_env(name, default, environ)
+    if value > 1:
+        raise ValueError(f"{name} must be a share between 0 and 1, got {value!r}")
     return value
 
 
@@ -98,12 +111,22 @@ class SensorSettings:
         Files hashed per tick (``KSEG_SENSOR_MAX_FILES``, default 500).
     time_budget : float
         Seconds of hashing per tick (``KSEG_SENSOR_TIME_BUDGET_SECONDS``, default 20).
+    max_delete_share : float
+        If more than this share of the registered images (and at least
+        :data:`MASS_DELETION_MIN`) vanish at once, nothing is removed until they have
+        stayed away for ``delete_confirm_seconds`` (``KSEG_SENSOR_MAX_DELETE_SHARE``,
+        default 0.5; 1 removes whatever vanishes at once).
+    delete_confirm_seconds : float
+        How long a mass deletion must last before it is carried out
+        (``KSEG_SENSOR_DELETE_CONFIRM_SECONDS``, default 3600).
     """
 
     interval_seconds: int = 30
     settle_seconds: float = 2.0
     max_files: int = 500
     time_budget: float = 20.0
+    max_delete_share: float = 0.5
+    delete_confirm_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SensorSettings:
@@ -121,6 +144,8 @@ class SensorSettings:
             settle_seconds=_float_env(SETTLE_ENV, base.settle_seconds, env),
             max_files=positive_int_env(MAX_FILES_ENV, base.max_files, env),
             time_budget=_float_env(TIME_BUDGET_ENV, base.time_budget, env),
+            max_delete_share=_share_env(DELETE_SHARE_ENV, base.max_delete_share, env),
+            delete_confirm_seconds=_float_env(DELETE_CONFIRM_ENV, base.delete_confirm_seconds, env),
         )
 
 
@@ -133,6 +158,7 @@ class TickReport:
     deleted: list[str] = field(default_factory=list)
     trashed: dict[str, str] = field(default_factory=dict)
     deferred_deletions: list[str] = field(default_factory=list)
+    held_deletions: list[str] = field(default_factory=list)
     skipped_new: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -147,6 +173,42 @@ class TickReport:
 
 def _register(found: Survey) -> list[str]:
     return [key for key in found.new if key in found.files]
+
+
+def _hold_mass_deletion(
+    found: Survey,
+    settings: SensorSettings,
+    before: dict,
+    now: float,
+    log: dg.DagsterLogManager,
+    report: TickReport,
+) -> dict | None:
+    """Keep a sudden loss of most images from deleting them (an unmounted or emptied
+    folder is a fault, not a deletion); returns the hold to remember, or None."""
+    vanished = [key for key in found.deleted if is_valid_partition_key(key)]
+    limit = max(MASS_DELETION_MIN, settings.max_delete_share * len(found.registered))
+    if len(vanished) <= limit or settings.max_delete_share >= 1:
+        return None
+    digest = hashlib.sha256("\n".join(sorted(vanished)).encode("utf-8")).hexdigest()[:16]
+    held = before.get("hold") or {}
+    if held.get("digest") != digest:  # a new loss (or a different one): the wait starts now
+        held = {"digest": digest, "count": len(vanished), "since": now}
+    waited = now - float(held["since"])
+    if waited >= settings.delete_confirm_seconds:
+        log.warning(
+            f"{len(vanished)} images have been gone from {found.scan.root} for {waited:.0f} s: "
+            "removing them now"
+        )
+        return None
+    report.held_deletions = vanished
+    found.deleted = [key for key in found.deleted if key not in set(vanished)]
+    log.warning(
+        f"{len(vanished)} of {len(found.registered)} images vanished from {found.scan.root} at "
+        f"once: nothing is removed (is the folder unmounted or being moved?). If this is "
+        f"intended they are removed once gone for {settings.delete_confirm_seconds:.0f} s "
+        f"({DELETE_CONFIRM_ENV}), or at once with {DELETE_SHARE_ENV}=1"
+    )
+    return held
 
 
 def _delete(
@@ -220,15 +282,19 @@ def evaluate_incoming(
     """
     report = TickReport()
     before = _cursor(context.cursor)
-    found = survey(
-        storage,
-        context.instance,
-        project,
-        settle_seconds=settings.settle_seconds,
-        max_files=settings.max_files,
-        time_budget=settings.time_budget,
-        clock=clock,
-    )
+    try:
+        found = survey(
+            storage,
+            context.instance,
+            project,
+            settle_seconds=settings.settle_seconds,
+            max_files=settings.max_files,
+            time_budget=settings.time_budget,
+            clock=clock,
+        )
+    except KsegError as exc:  # a configuration fault: nothing is added or removed
+        context.log.error(str(exc))
+        return dg.SensorResult(skip_reason=str(exc), cursor=context.cursor), report
     report.survey = found
     if found.scan is None:
         message = (
@@ -238,6 +304,7 @@ def evaluate_incoming(
         return dg.SensorResult(skip_reason=message, cursor=context.cursor), report
 
     report.added = _register(found)
+    hold = _hold_mass_deletion(found, settings, before, clock(), context.log, report)
     report.deleted = _delete(found, storage.store(), context.log, report)
     skipped = _skipped(found)
     digest = _report_skipped(skipped, before, context.log, report)
@@ -259,7 +326,8 @@ def evaluate_incoming(
         partition_requests.append(IMAGES.build_delete_request(report.deleted))
     events = [e for e in found.events if e.partition in found.files]
     context.log.info(report.summary())
-    cursor = json.dumps({"v": 2, "skipped": digest, "listed": skipped[:200]}, separators=(",", ":"))
+    state = {"v": 2, "skipped": digest, "listed": skipped[:200], "hold": hold}
+    cursor = json.dumps(state, separators=(",", ":"))
     nothing = not (requests or partition_requests or events)
     return (
         dg.SensorResult(

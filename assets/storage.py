@@ -50,20 +50,18 @@ import os
 import pathlib
 import re
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import dagster as dg
-from filelock import FileLock, Timeout
 from pydantic import Field
 from upath import UPath
 
 from pipeline.errors import KsegError
-from pipeline.io import atomic_write_bytes
 
+from .filesystems import FileTreeError, LocalTree, RemoteTree
 from .incoming import DEFAULT_MAX_FILE_BYTES, Scan, is_valid_partition_key, scan_incoming
 
 __all__ = [
@@ -80,6 +78,7 @@ __all__ = [
     "Store",
     "StoreError",
     "default_storage",
+    "layout_problem",
     "parquet_bytes",
 ]
 
@@ -146,19 +145,51 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
-        """Parse :meth:`to_json` output.
+        """Parse :meth:`to_json` output, checking every field's type.
 
         Raises
         ------
         ValueError
-            If the document is not a manifest of this version.
+            If the document is not a well-formed manifest of this version.
         """
         document = json.loads(data)
         if not isinstance(document, dict) or document.get("manifest_version") != MANIFEST_VERSION:
             raise ValueError("not a kseg manifest of a known version")
-        document.pop("manifest_version")
-        files = {name: FileEntry(**entry) for name, entry in document.pop("files").items()}
-        return cls(files=files, **document)
+        files = document.get("files")
+        if not isinstance(files, dict) or not all(
+            isinstance(name, str)
+            and _NAME.fullmatch(name)
+            and isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("bytes"), int)
+            and set(entry) == {"sha256", "bytes"}
+            for name, entry in files.items()
+        ):
+            raise ValueError("the manifest's files are not a map of file names to checksums")
+        fields = {
+            "asset": str,
+            "cache_key": str,
+            "code_version": str,
+            "info": dict,
+            "seconds": (int, float),
+            "created": str,
+        }
+        for name, kind in fields.items():
+            if not isinstance(document.get(name), kind):
+                raise ValueError(f"the manifest's {name} is missing or of the wrong type")
+        partition = document.get("partition")
+        if partition is not None and not is_valid_partition_key(partition):
+            raise ValueError("the manifest's partition is not a kseg partition key")
+        return cls(
+            asset=document["asset"],
+            partition=partition,
+            cache_key=document["cache_key"],
+            code_version=document["code_version"],
+            files={name: FileEntry(**entry) for name, entry in files.items()},
+            info=document["info"],
+            seconds=float(document["seconds"]),
+            created=document["created"],
+        )
 
 
 def _file_sha256(stream: IO[bytes]) -> str:
@@ -166,6 +197,10 @@ def _file_sha256(stream: IO[bytes]) -> str:
     for chunk in iter(lambda: stream.read(_CHUNK), b""):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+#: What a damaged or hostile store entry raises: reading it is a cache miss.
+_UNUSABLE = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileTreeError)
 
 
 class Store:
@@ -183,14 +218,29 @@ class Store:
         self.local = isinstance(path, pathlib.Path)
         if self.local:
             path = UPath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+            self.files: LocalTree | RemoteTree = LocalTree(os.fspath(path))
+        else:
+            self.files = RemoteTree(path)
         self.root = path
-        self._real_root = os.path.realpath(path) if self.local else None
-        self._inside: set[str | None] = set()  # partitions whose folder was checked
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
 
-    # -- paths ------------------------------------------------------------------------
+    # -- names ------------------------------------------------------------------------
+    @staticmethod
+    def _parts(partition: str | None) -> tuple[str, ...]:
+        if partition is None:
+            return ("report",)
+        if not is_valid_partition_key(partition):
+            raise StoreError(f"refusing partition key {partition!r}: not a kseg partition key")
+        return ("images", partition)
+
+    @staticmethod
+    def _name(name: str) -> str:
+        if not _NAME.fullmatch(name):
+            raise StoreError(f"refusing file name {name!r}")
+        return name
+
     def folder(self, partition: str | None) -> UPath:
         """The folder of a partition's outputs (``report/`` for unpartitioned assets).
 
@@ -199,41 +249,14 @@ class Store:
         StoreError
             If ``partition`` is not a valid partition key.
         """
-        if partition is None:
-            return self.root / "report"
-        if not is_valid_partition_key(partition):
-            raise StoreError(f"refusing partition key {partition!r}: not a kseg partition key")
-        return self.root / "images" / partition
+        path = self.root
+        for part in self._parts(partition):
+            path = path / part
+        return path
 
-    def path(self, partition: str | None, name: str) -> UPath:
-        """The path of file ``name`` of ``partition``, checked to stay inside the root.
-
-        Raises
-        ------
-        StoreError
-            If the name is invalid or the path would leave the storage root.
-        """
-        if not _NAME.fullmatch(name):
-            raise StoreError(f"refusing file name {name!r}")
-        folder = self.folder(partition)
-        target = folder / name
-        if self._real_root is not None:
-            # The folder is resolved once per store object (``realpath`` costs a
-            # system call per path component); a name cannot leave its folder
-            # (``_NAME``), so only a symbolic link in its place could, and that costs
-            # one ``lstat`` to rule out.
-            if partition not in self._inside:
-                self._check_inside(folder)
-                self._inside.add(partition)
-            if os.path.islink(target):
-                self._check_inside(target)
-        return target
-
-    def _check_inside(self, path: UPath) -> None:
-        root = self._real_root
-        real = os.path.realpath(path)
-        if os.path.commonpath([root, real]) != root:
-            raise StoreError(f"refusing to use {str(path)!r}: it is outside {root!r}")
+    def uri(self, partition: str | None, name: str) -> str:
+        """The path of a stored file as a string (for metadata and the report)."""
+        return self.files.where(self._parts(partition), self._name(name))
 
     # -- reading ----------------------------------------------------------------------
     def read_bytes(self, partition: str | None, name: str) -> bytes:
@@ -242,47 +265,56 @@ class Store:
         Raises
         ------
         StoreError
-            If the file does not exist.
+            If it is missing, a link, or not a regular file.
         """
         try:
-            return self.path(partition, name).read_bytes()
-        except FileNotFoundError as exc:
+            return self.files.read(self._parts(partition), self._name(name))
+        except _UNUSABLE as exc:
             where = partition or "report"
-            raise StoreError(f"{where}: {name} is not in the store") from exc
+            raise StoreError(f"{where}: {name} is not in the store ({exc})") from exc
 
     def open(self, partition: str | None, name: str) -> IO[bytes]:
         """Open a stored file for reading (binary)."""
-        return self.path(partition, name).open("rb")
+        try:
+            return self.files.open(self._parts(partition), self._name(name))
+        except _UNUSABLE as exc:
+            raise StoreError(
+                f"{partition or 'report'}: {name} is not in the store ({exc})"
+            ) from exc
 
     def manifest(self, partition: str | None, asset: str) -> Manifest | None:
-        """The manifest of ``asset`` for ``partition``, or None if absent or unreadable."""
+        """The manifest of ``asset`` for ``partition``, or None if absent or unusable.
+
+        An unusable manifest (not JSON, wrong types, a folder or a link in its place, a
+        partition folder that is a file) is a cache miss, never an error of the run.
+        """
         try:
-            data = self.path(partition, f"{asset}.manifest.json").read_bytes()
-            return Manifest.from_json(data)
-        except (FileNotFoundError, ValueError, TypeError, KeyError):
+            data = self.files.read(self._parts(partition), self._name(f"{asset}.manifest.json"))
+            manifest = Manifest.from_json(data)
+        except (*_UNUSABLE, ValueError, UnicodeDecodeError, RecursionError):
             return None
+        if manifest.partition != partition or manifest.asset != asset:
+            return None
+        return manifest
 
     def verify(self, manifest: Manifest) -> bool:
         """True if every file of ``manifest`` exists with its recorded size and SHA-256."""
+        parts = self._parts(manifest.partition)
         for name, entry in manifest.files.items():
             try:
-                path = self.path(manifest.partition, name)
-                with path.open("rb") as stream:
+                with self.files.open(parts, name) as stream:
                     if _file_sha256(stream) != entry.sha256:
                         return False
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            except _UNUSABLE:
                 return False
         return True
 
     def present(self, manifest: Manifest) -> bool:
         """True if every file of ``manifest`` exists with its recorded size (no hashing)."""
-        for name, entry in manifest.files.items():
-            try:
-                if self.path(manifest.partition, name).stat().st_size != entry.bytes:
-                    return False
-            except (FileNotFoundError, NotADirectoryError):
-                return False
-        return True
+        parts = self._parts(manifest.partition)
+        return all(
+            self.files.size(parts, name) == entry.bytes for name, entry in manifest.files.items()
+        )
 
     def intact(self, partition: str | None, asset: str, cache_key: str) -> Manifest | None:
         """The manifest if the stored output has ``cache_key`` and its files verify, else None."""
@@ -296,58 +328,37 @@ class Store:
     def lock(self, partition: str | None, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
         """Hold the exclusive lock of ``partition`` (``report`` for None) for the block.
 
-        Local roots only (``<root>/locks/<key>.lock``); a no-op for remote roots. Once
-        an image's lock is held no other writer of its folder is alive, so temporary
-        files left there by a killed writer are removed.
+        Local roots only (``<root>/locks/<key>.lock``, an ``flock`` the kernel releases
+        when its holder dies); a no-op for remote roots. Once an image's lock is held
+        no other writer of its folder is alive, so temporary files a killed writer left
+        there are removed.
 
         Raises
         ------
         StoreError
-            If the key is invalid, or another holder keeps the lock for ``timeout`` s.
+            If the key is invalid, the lock file is a link, or another holder keeps
+            the lock for ``timeout`` s.
         """
-        folder = self.folder(partition)  # checks the key
-        if not self.local:
-            yield
-            return
-        name = folder.name
-        target = self.root / "locks" / f"{name}.lock"
-        root = self._real_root
-        if os.path.commonpath([root, os.path.realpath(target)]) != root:
-            raise StoreError(f"refusing to use {str(target)!r}: it is outside {root!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(os.fspath(target), timeout=timeout)
+        parts = self._parts(partition)
+        name = parts[-1]
         try:
-            lock.acquire()
-        except Timeout as exc:
+            with self.files.lock(("locks",), f"{name}.lock", timeout):
+                with contextlib.suppress(FileTreeError):
+                    self.files.remove_temporaries(parts)
+                yield
+        except TimeoutError as exc:
             raise StoreError(
                 f"{name}: another run kept this image locked for {timeout:g} s; try again later"
             ) from exc
-        try:
-            if partition is not None:
-                for leftover in folder.glob(".*.tmp"):
-                    with contextlib.suppress(FileNotFoundError):
-                        leftover.unlink()
-            yield
-        finally:
-            lock.release()
+        except FileTreeError as exc:
+            raise StoreError(str(exc)) from exc
 
     # -- writing ----------------------------------------------------------------------
-    def _write(self, target: UPath, data: bytes) -> None:
-        if self.local:
-            # No fsync per file: a reader never sees half a file (temporary name, then
-            # rename), and a file torn by a power cut fails the SHA-256 check of
-            # ``intact``, so its step is computed again rather than trusted.
-            atomic_write_bytes(target, data, sync=False)
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    def _write(self, parts: tuple[str, ...], name: str, data: bytes) -> None:
         try:
-            temporary.write_bytes(data)
-            temporary.rename(target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-            raise
+            self.files.write(parts, self._name(name), data)
+        except FileTreeError as exc:
+            raise StoreError(str(exc)) from exc
 
     def save(
         self,
@@ -377,12 +388,18 @@ class Store:
         Returns
         -------
         Manifest
+
+        Raises
+        ------
+        StoreError
+            If a name is invalid or a folder on the way is a link.
         """
+        parts = self._parts(partition)
+        for name in files:
+            self._name(name)
         entries = {}
-        targets = {name: self.path(partition, name) for name in files}
-        manifest_path = self.path(partition, f"{asset}.manifest.json")
         for name, data in files.items():
-            self._write(targets[name], data)
+            self._write(parts, name, data)
             entries[name] = FileEntry(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
         manifest = Manifest(
             asset=asset,
@@ -394,13 +411,10 @@ class Store:
             seconds=float(seconds),
             created=datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="seconds"),
         )
-        self._write(manifest_path, manifest.to_json())
+        self._write(parts, f"{asset}.manifest.json", manifest.to_json())
         return manifest
 
     # -- descriptions -----------------------------------------------------------------
-    def _description_path(self, manifest: Manifest) -> UPath:
-        return self.path(manifest.partition, f"{manifest.asset}.description.json")
-
     def description(self, manifest: Manifest, version: str) -> str | None:
         """The description saved for exactly ``manifest``'s files, or None.
 
@@ -410,9 +424,10 @@ class Store:
         files the manifest lists (same cache key, same SHA-256 of every file, same
         summary ``info``).
         """
+        name = f"{manifest.asset}.description.json"
         try:
-            document = json.loads(self._description_path(manifest).read_bytes())
-        except (FileNotFoundError, ValueError):
+            document = json.loads(self.files.read(self._parts(manifest.partition), name))
+        except (*_UNUSABLE, ValueError, UnicodeDecodeError, RecursionError):
             return None
         files = {name: entry.sha256 for name, entry in manifest.files.items()}
         if (
@@ -435,45 +450,50 @@ class Store:
             "info": manifest.info,
             "payload": payload,
         }
-        self._write(self._description_path(manifest), json.dumps(document).encode("utf-8"))
-
-    def uri(self, partition: str | None, name: str) -> str:
-        """The path of a stored file as a string (for metadata and the report)."""
-        return str(self.path(partition, name))
+        self._write(
+            self._parts(manifest.partition),
+            f"{manifest.asset}.description.json",
+            json.dumps(document).encode("utf-8"),
+        )
 
     # -- an image's own settings --------------------------------------------------------
-    def _settings_path(self, partition: str) -> UPath:
+    @staticmethod
+    def _settings_name(partition: str) -> str:
         if not is_valid_partition_key(partition):
             raise StoreError(f"refusing partition key {partition!r}: not a kseg partition key")
-        target = self.root / SETTINGS_FOLDER / f"{partition}.json"
-        if self._real_root is not None and os.path.islink(target):
-            self._check_inside(target)
-        return target
+        return f"{partition}.json"
 
     def own_settings(self, partition: str) -> bytes | None:
-        """The raw document of an image's own settings, or None if it has none."""
+        """The raw document of an image's own settings, or None if it has none.
+
+        Raises
+        ------
+        StoreError
+            If something that is not a regular file is in its place.
+        """
         try:
-            return self._settings_path(partition).read_bytes()
+            return self.files.read((SETTINGS_FOLDER,), self._settings_name(partition))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except IsADirectoryError as exc:
-            raise StoreError(f"{partition}: its settings file is a directory") from exc
+        except (IsADirectoryError, FileTreeError) as exc:
+            raise StoreError(f"{partition}: its settings file is unusable ({exc})") from exc
 
     def save_own_settings(self, partition: str, document: bytes | None) -> None:
         """Write (or, with None, remove) an image's own settings document, atomically."""
-        target = self._settings_path(partition)
-        if document is None:
-            with contextlib.suppress(FileNotFoundError):
-                target.unlink()
-            return
-        self._write(target, document)
+        name = self._settings_name(partition)
+        try:
+            if document is None:
+                self.files.remove((SETTINGS_FOLDER,), name)
+            else:
+                self.files.write((SETTINGS_FOLDER,), name, document)
+        except FileTreeError as exc:
+            raise StoreError(str(exc)) from exc
 
     def partitions_with_own_settings(self) -> set[str]:
         """Partition keys that have a settings file (one listing of the folder)."""
-        folder = self.root / SETTINGS_FOLDER
         try:
-            names = [entry.name for entry in folder.iterdir()]
-        except (FileNotFoundError, NotADirectoryError):
+            names = self.files.names((SETTINGS_FOLDER,))
+        except FileTreeError:
             return set()
         keys = {name[: -len(".json")] for name in names if name.endswith(".json")}
         return {key for key in keys if is_valid_partition_key(key)}
@@ -490,7 +510,8 @@ class Store:
         """Move an image's outputs (and its own settings) to ``trash/<UTC time>-<key>/``.
 
         The move holds the image's lock, so it never interleaves with a run writing
-        that image. A ``trashed.json`` beside the files says what they were.
+        that image. A ``trashed.json`` beside the files says what they were. Entries are
+        moved as they are (a link planted in their place is moved, never followed).
 
         Parameters
         ----------
@@ -513,29 +534,27 @@ class Store:
             If a run holds the image's lock (try again later).
         """
         when = when or datetime.now(UTC)
-        folder = self.folder(partition)
-        settings = self._settings_path(partition)
+        parts = self._parts(partition)
+        settings = self._settings_name(partition)
         with self.lock(partition, timeout=lock_timeout):
-            if not folder.exists() and not settings.exists():
+            has_outputs = self.files.exists(parts[:-1], parts[-1])
+            has_settings = self.files.exists((SETTINGS_FOLDER,), settings)
+            if not has_outputs and not has_settings:
                 return None
             stamp = when.strftime("%Y%m%dT%H%M%S%fZ")
-            target = self.root / TRASH_FOLDER / f"{stamp}-{partition}"
-            target.mkdir(parents=True, exist_ok=True)
-            for source, name in ((folder, "outputs"), (settings, "settings.json")):
-                if not source.exists():
-                    continue
-                if self.local:
-                    os.rename(source, target / name)
-                else:
-                    source.fs.mv(source.path, (target / name).path, recursive=True)
+            target = (TRASH_FOLDER, f"{stamp}-{partition}")
+            if has_outputs:
+                self.files.move(parts[:-1], parts[-1], target, "outputs")
+            if has_settings:
+                self.files.move((SETTINGS_FOLDER,), settings, target, "settings.json")
             note = {
                 "partition_key": partition,
                 "source_path": source_path,
                 "trashed_at": when.isoformat(timespec="seconds"),
                 "reason": "the image was deleted from the incoming folder",
             }
-            (target / "trashed.json").write_text(json.dumps(note, indent=1), encoding="utf-8")
-        return str(target)
+            self._write(target, "trashed.json", json.dumps(note, indent=1).encode("utf-8"))
+        return self.files.where(target)
 
 
 def parquet_bytes(table: Any) -> bytes:
@@ -579,6 +598,18 @@ class KsegStorage(dg.ConfigurableResource):
         """The output store under :attr:`store_root`."""
         return Store(self.store_root)
 
+    def check_layout(self) -> None:
+        """Refuse a store inside the incoming folder, or the other way round.
+
+        Raises
+        ------
+        KsegError
+            Saying which is inside which and what to do.
+        """
+        problem = layout_problem(self.incoming_dir, self.store_root)
+        if problem:
+            raise KsegError(problem)
+
     def incoming(self) -> pathlib.Path:
         """The incoming folder as an absolute local path."""
         return pathlib.Path(self.incoming_dir).expanduser().absolute()
@@ -586,6 +617,30 @@ class KsegStorage(dg.ConfigurableResource):
     def scan(self) -> Scan:
         """Scan the incoming folder (see :func:`assets.incoming.scan_incoming`)."""
         return scan_incoming(self.incoming())
+
+
+def layout_problem(incoming: str, store_root: str) -> str | None:
+    """Why these incoming folder and store root cannot work together, or None.
+
+    A store inside the incoming folder would have its own outputs taken for new images
+    (one image became 6, then 31 partitions); an incoming folder inside the store would
+    be trashed with the outputs it lives among.
+    """
+    if not isinstance(UPath(store_root), pathlib.Path):
+        return None  # an object store cannot be inside a local folder
+    inside = os.path.realpath(os.path.expanduser(incoming))
+    store = os.path.realpath(os.path.expanduser(store_root))
+    if os.path.commonpath([inside, store]) == inside:
+        return (
+            f"the store {store_root!r} ({STORE_ENV}) is inside the incoming folder {incoming!r} "
+            f"({INCOMING_ENV}): its outputs would be taken for new images; put them apart"
+        )
+    if os.path.commonpath([inside, store]) == store:
+        return (
+            f"the incoming folder {incoming!r} ({INCOMING_ENV}) is inside the store "
+            f"{store_root!r} ({STORE_ENV}): put them apart"
+        )
+    return None
 
 
 def _env_or_default(name: str, default: str) -> str:

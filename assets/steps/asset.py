@@ -173,8 +173,7 @@ def _process(
         except OSError as exc:  # the store: disk full, read-only, ...
             where = exc.filename or store.root
             raise KsegError(
-                f"{partition}: cannot write to the store at {where} "
-                f"({exc.strerror or exc})"
+                f"{partition}: cannot write to the store at {where} ({exc.strerror or exc})"
             ) from exc
     return outcome, _observe_changes(step, outcome, source, image.version, image.own, observed)
 

@@ -611,3 +611,33 @@ def test_mutated_files_decode_or_raise_image_error(seed, mutations):
     assert image.rgb.shape[:2] == (image.height, image.width)
     assert image.width * image.height <= 1_000_000
     assert image.rgb.flags.c_contiguous and not image.rgb.flags.writeable
+
+
+def test_a_jpeg_with_thousands_of_header_segments_is_refused_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from PIL import Image
+
+    import pipeline.images as images
+    from pipeline.errors import ImageError
+    from pipeline.images import MAX_JPEG_SEGMENTS, decode_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buffer, "JPEG")
+    jpeg = buffer.getvalue()
+    segment = b"\xff\xe1" + (65535).to_bytes(2, "big") + b"Exif\0\0" + b"\0" * 65527
+    hostile = jpeg[:2] + segment * 2000 + jpeg[2:]
+    real = images._read_pillow
+
+    def never(*args, **kwargs):
+        raise AssertionError("the decoder was reached")
+
+    monkeypatch.setattr(images, "_read_pillow", never)
+    with pytest.raises(ImageError, match=f"more than {MAX_JPEG_SEGMENTS} segments"):
+        decode_image(hostile, name="many.jpg")
+    monkeypatch.setattr(images, "_read_pillow", real)
+    # A file well under the limit is still an image.
+    fine = jpeg[:2] + segment * 20 + jpeg[2:]
+    assert decode_image(fine, name="fine.jpg").rgb.shape == (64, 64, 3)

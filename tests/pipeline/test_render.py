@@ -332,3 +332,24 @@ def test_segment_properties(case):
     assert (overlay[edge] == MAGENTA).all()
     np.testing.assert_array_equal(overlay[~edge], rgb[~edge])
     check_segment_table(rgb, seg.labels)
+
+
+def test_decoding_a_stored_png_of_90_megapixels_warns_nothing() -> None:
+    import warnings
+
+    from PIL import Image
+
+    from pipeline.render import decode_png, encode_png
+
+    labels = np.zeros((1, 1), dtype=np.uint8)
+    data = encode_png(labels)
+    # Pillow's bomb check looks at the size the header declares: lower its threshold
+    # for this test instead of writing a 90-megapixel PNG.
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 0.5
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert decode_png(data).shape == (1, 1)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
