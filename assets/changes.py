@@ -23,18 +23,16 @@ are what automation reacts to.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+from upath import UPath
 
 from .dagster_gaps import observation
-from .incoming import IncomingImage, Scan
+from .incoming import IncomingImage, Look, Scan, look, sha256_file
 from .names import IMAGE_ASSETS, PARTITIONS_NAME, SETTINGS, SOURCE
 from .observations import LatestObservations, latest_observations
 from .settings import ImageSettings, ProjectSettings
@@ -47,11 +45,8 @@ __all__ = [
     "Survey",
     "plan",
     "settings_observation",
-    "sha256_file",
     "survey",
 ]
-
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -61,21 +56,23 @@ class FileState:
     Attributes
     ----------
     key, relpath : str
-    path : pathlib.Path
-    size, mtime_ns : int
+    path : pathlib.Path or UPath
+    size : int
+    stamp : str
+        Its modification time (local) or ETag (object store): see :class:`~assets.incoming.Look`.
     sha256 : str
     """
 
     key: str
     relpath: str
-    path: Path
+    path: Path | UPath
     size: int
-    mtime_ns: int
+    stamp: str
     sha256: str
 
     def metadata(self) -> dict[str, object]:
         """The observation metadata that lets a later look skip hashing this file."""
-        return {"path": self.relpath, "bytes": self.size, "mtime_ns": str(self.mtime_ns)}
+        return {"path": self.relpath, "bytes": self.size, "stamp": self.stamp}
 
 
 @dataclass
@@ -130,35 +127,6 @@ class Survey:
         )
 
 
-def _look(path: Path) -> tuple[int, int] | None:
-    """``(size, mtime_ns)`` of a regular file; None if it is gone or not a regular file.
-
-    Raises
-    ------
-    OSError
-        If it exists but cannot be examined.
-    """
-    try:
-        info = os.stat(path)  # follows a link (the scan keeps only links inside the folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    if not stat.S_ISREG(info.st_mode):
-        return None
-    return info.st_size, info.st_mtime_ns
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a regular file (opened without blocking: a FIFO raises, never hangs)."""
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as stream:
-        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        for chunk in iter(lambda: stream.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def settings_observation(key: str, image: ImageSettings) -> dg.AssetObservation:
     """The observation of an image's effective settings."""
     metadata = {
@@ -168,11 +136,11 @@ def settings_observation(key: str, image: ImageSettings) -> dg.AssetObservation:
     return observation(SETTINGS, key, image.version, metadata)
 
 
-def _known_sha(observed: LatestObservations, key: str, look: tuple[int, int]) -> str | None:
+def _known_sha(observed: LatestObservations, key: str, seen_now: Look) -> str | None:
     seen = observed.get(SOURCE, key)
     if seen is None:
         return None
-    if seen.metadata.get("bytes") == look[0] and str(seen.metadata.get("mtime_ns")) == str(look[1]):
+    if seen.metadata.get("bytes") == seen_now.size and seen.metadata.get("stamp") == seen_now.stamp:
         return seen.version
     return None
 
@@ -191,15 +159,15 @@ def _hash_phase(
     now = clock()
     for image in images:
         try:
-            look = _look(image.path)
+            before = look(image.path)
         except OSError as exc:
             result.unreadable.append(f"{image.relpath} (cannot be read: {exc.strerror or exc})")
             continue
-        if look is None:  # gone since the scan (or not a regular file): not an image now
+        if before is None:  # gone since the scan (or not a regular file): not an image now
             continue
-        sha = _known_sha(observed, image.key, look)
+        sha = _known_sha(observed, image.key, before)
         if sha is None:
-            if now - look[1] / 1e9 < settle_seconds:
+            if now - before.modified < settle_seconds:
                 result.waiting.append(image.key)  # still being written, maybe
                 continue
             over = time.perf_counter() - started > time_budget
@@ -209,18 +177,18 @@ def _hash_phase(
             try:
                 result.hashed += 1
                 sha = sha256_file(image.path)
-                after = _look(image.path)
+                after = look(image.path)
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 reason = exc.strerror or str(exc)
                 result.unreadable.append(f"{image.relpath} (cannot be read: {reason})")
                 continue
-            if after != look:  # changed while read: being written
+            if after != before:  # changed while read: being written
                 result.waiting.append(image.key)
                 continue
         result.files[image.key] = FileState(
-            image.key, image.relpath, image.path, look[0], look[1], sha
+            image.key, image.relpath, image.path, before.size, before.stamp, sha
         )
 
 
@@ -298,7 +266,7 @@ def survey(
             result.new.append(key)
         elif seen is not None and seen.version != state.sha256:
             result.changed.append(key)
-        if _known_sha(observed, key, (state.size, state.mtime_ns)) != state.sha256:
+        if _known_sha(observed, key, Look(state.size, state.stamp, 0.0)) != state.sha256:
             result.events.append(observation(SOURCE, key, state.sha256, state.metadata()))
         image = result.settings[key]
         seen_settings = observed.get(SETTINGS, key)

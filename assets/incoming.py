@@ -28,17 +28,29 @@ dot-files, dot-folders and temporary files (``~``, ``.tmp``, ``.part``, ...).
 Symbolic links to files inside the folder are used; links that lead outside it
 are refused (reported, never read). Linked folders are not followed. Names that
 are not valid UTF-8 are refused (they cannot be shown or stored as text).
+
+The incoming folder may also be an fsspec URL (``s3://bucket/incoming``): the same
+rules apply to the objects under it (there are no links there). A file's *look*
+(:class:`Look`) is what tells whether it may have changed without reading it: its size
+and modification time locally, its size and ETag on an object store (an object is
+visible only once its upload completed, and an upload in progress under another name
+is skipped as temporary).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pathlib
 import re
 import stat
 import unicodedata
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+from upath import UPath
 
 from pipeline.images import SUPPORTED_EXTENSIONS
 
@@ -53,6 +65,7 @@ __all__ = [
     "read_source",
     "resolve_source",
     "scan_incoming",
+    "sha256_file",
 ]
 
 #: Largest image file read (bytes); larger files are refused before reading.
@@ -130,7 +143,7 @@ class IncomingImage:
 
     key: str
     relpath: str
-    path: Path
+    path: Path | UPath
 
 
 @dataclass(frozen=True)
@@ -147,8 +160,8 @@ class Scan:
 
     Attributes
     ----------
-    root : pathlib.Path
-        The incoming folder, absolute.
+    root : pathlib.Path or UPath
+        The incoming folder, absolute (or its URL).
     images : tuple of IncomingImage
         Sorted by relative path.
     refused : tuple of Refused
@@ -156,7 +169,7 @@ class Scan:
         Files that are neither images nor temporary names (sorted relative paths).
     """
 
-    root: Path
+    root: Path | UPath
     images: tuple[IncomingImage, ...]
     refused: tuple[Refused, ...]
     unsupported: tuple[str, ...] = ()
@@ -192,6 +205,8 @@ def scan_incoming(root: str | os.PathLike[str]) -> Scan:
     FileNotFoundError
         If ``root`` is not an existing folder.
     """
+    if is_remote(root):
+        return _scan_remote(UPath(root))
     base = Path(root).expanduser().absolute()
     if not base.is_dir():
         raise FileNotFoundError(f"incoming folder {str(base)!r} does not exist")
@@ -267,7 +282,7 @@ def resolve_source(root: str | os.PathLike[str], relpath: str) -> Path:
 
 def read_source(
     root: str | os.PathLike[str], relpath: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES
-) -> tuple[bytes, int, int]:
+) -> tuple[bytes, Look]:
     """Read an image file of the incoming folder: a regular file, of bounded size.
 
     The file is opened without blocking (a FIFO put in an image's place does not hang
@@ -278,8 +293,8 @@ def read_source(
     Returns
     -------
     data : bytes
-    size, mtime_ns : int
-        The file's size and modification time when it was opened.
+    look : Look
+        The file's size and stamp when it was opened.
 
     Raises
     ------
@@ -288,6 +303,8 @@ def read_source(
     OSError
         If it cannot be opened or read.
     """
+    if is_remote(root):
+        return _read_remote(UPath(root), relpath, max_bytes)
     path = resolve_source(root, relpath)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
     fd = os.open(path, flags)
@@ -310,6 +327,123 @@ def read_source(
             total += len(chunk)
             if total > max_bytes:
                 raise ValueError(f"file grew above the limit of {max_bytes} bytes while read")
-        return b"".join(chunks), info.st_size, info.st_mtime_ns
+        return b"".join(chunks), Look(info.st_size, str(info.st_mtime_ns), info.st_mtime)
     finally:
         os.close(fd)
+
+
+def _read_remote(root: UPath, relpath: str, max_bytes: int) -> tuple[bytes, Look]:
+    norm = _clean(relpath)
+    if not norm or ".." in norm.split("/"):
+        raise ValueError(f"{relpath!r} is not a path inside the incoming folder")
+    path = root / norm
+    info = path.fs.info(path.path)
+    seen = _remote_look(info)
+    if seen.size > max_bytes:
+        raise ValueError(
+            f"file has {seen.size} bytes, above the limit of {max_bytes} (KSEG_MAX_FILE_BYTES)"
+        )
+    with path.open("rb") as stream:
+        data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"file grew above the limit of {max_bytes} bytes while read")
+    return data, seen
+
+
+def is_remote(root: str | os.PathLike[str]) -> bool:
+    """True if ``root`` is an fsspec URL (an object store), not a local folder."""
+    return not isinstance(UPath(root), pathlib.Path)
+
+
+def _scan_remote(root: UPath) -> Scan:
+    if not root.exists():
+        raise FileNotFoundError(f"incoming folder {str(root)!r} does not exist")
+    prefix = root.path.rstrip("/") + "/"
+    entries = root.fs.find(root.path, detail=True)
+    images: dict[str, IncomingImage] = {}
+    refused: list[Refused] = []
+    unsupported: list[str] = []
+    for full in sorted(entries):
+        if entries[full].get("type") == "directory" or not full.startswith(prefix):
+            continue
+        rel = _clean(full[len(prefix) :])
+        parts = rel.split("/")
+        if any(part.startswith(".") for part in parts[:-1]) or _is_temporary(parts[-1]):
+            continue
+        if os.path.splitext(parts[-1])[1].lower() not in SUPPORTED_EXTENSIONS:
+            unsupported.append(rel)
+            continue
+        key = partition_key_for(rel)
+        if key in images:
+            other = images[key].relpath
+            refused.append(Refused(rel, f"partition key {key} already used by {other}"))
+            continue
+        images[key] = IncomingImage(key=key, relpath=rel, path=root / rel)
+    ordered = tuple(sorted(images.values(), key=lambda image: image.relpath))
+    return Scan(root, ordered, tuple(refused), tuple(sorted(unsupported)))
+
+
+@dataclass(frozen=True)
+class Look:
+    """What tells whether a file may have changed, without reading it.
+
+    Attributes
+    ----------
+    size : int
+    stamp : str
+        Its modification time in nanoseconds (local), or its ETag (object store).
+    modified : float
+        POSIX time of its last modification (for the settle delay).
+    """
+
+    size: int
+    stamp: str
+    modified: float
+
+
+def _remote_look(info: dict[str, Any]) -> Look:
+    modified = info.get("LastModified") or info.get("mtime") or info.get("created") or 0
+    if isinstance(modified, datetime):
+        modified = modified.timestamp()
+    stamp = str(info.get("ETag") or info.get("etag") or modified).strip('"')
+    return Look(int(info.get("size") or 0), stamp, float(modified))
+
+
+def look(path: Path | UPath) -> Look | None:
+    """The look of an image file; None if it is gone or not a regular file.
+
+    Raises
+    ------
+    OSError
+        If it exists but cannot be examined.
+    """
+    if isinstance(path, UPath) and not isinstance(path, pathlib.Path):
+        try:
+            info = path.fs.info(path.path)
+        except FileNotFoundError:
+            return None
+        return None if info.get("type") == "directory" else _remote_look(info)
+    try:
+        info = os.stat(path)  # follows a link (the scan keeps only links inside the folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return Look(info.st_size, str(info.st_mtime_ns), info.st_mtime)
+
+
+def sha256_file(path: Path | UPath) -> str:
+    """SHA-256 of a file (locally opened without blocking: a FIFO raises, never hangs)."""
+    digest = hashlib.sha256()
+    if isinstance(path, UPath) and not isinstance(path, pathlib.Path):
+        with path.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -38,7 +38,7 @@ class Observed:
     version : str
         Its data version (SHA-256 of the file, or the settings' version).
     metadata : dict
-        Its metadata, as plain values (``path``, ``bytes``, ``mtime_ns``, ...).
+        Its metadata, as plain values (``path``, ``bytes``, ``stamp``, ...).
     storage_id : int
         Its position in the event log.
     """

@@ -13,8 +13,9 @@ import dagster as dg
 
 from pipeline.errors import KsegError
 
-from .changes import FileState, settings_observation, sha256_file
+from .changes import FileState, settings_observation
 from .dagster_gaps import observation
+from .incoming import look, sha256_file
 from .names import GROUP_IMAGES, SETTINGS, SOURCE
 from .partitions import IMAGES
 from .settings import ProjectSettings
@@ -68,11 +69,11 @@ with warnings.catch_warnings():
                 context.log.warning(f"{key}: no such image in {storage.incoming()}")
                 continue
             try:
-                info = image.path.stat()
-                state = FileState(
-                    key, image.relpath, image.path, info.st_size, info.st_mtime_ns,
-                    sha256_file(image.path),
-                )  # fmt: skip
+                seen = look(image.path)
+                if seen is None:
+                    raise FileNotFoundError(str(image.path))
+                sha = sha256_file(image.path)
+                state = FileState(key, image.relpath, image.path, seen.size, seen.stamp, sha)
                 effective = settings.for_image(store, key)
             except (OSError, KsegError) as exc:  # one bad image must not stop the others
                 context.log.warning(f"{key}: not observed ({exc})")

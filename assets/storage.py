@@ -62,7 +62,13 @@ from upath import UPath
 from pipeline.errors import KsegError
 
 from .filesystems import FileTreeError, LocalTree, RemoteTree
-from .incoming import DEFAULT_MAX_FILE_BYTES, Scan, is_valid_partition_key, scan_incoming
+from .incoming import (
+    DEFAULT_MAX_FILE_BYTES,
+    Scan,
+    is_remote,
+    is_valid_partition_key,
+    scan_incoming,
+)
 
 __all__ = [
     "INCOMING_ENV",
@@ -610,8 +616,10 @@ class KsegStorage(dg.ConfigurableResource):
         if problem:
             raise KsegError(problem)
 
-    def incoming(self) -> pathlib.Path:
-        """The incoming folder as an absolute local path."""
+    def incoming(self) -> pathlib.Path | UPath:
+        """The incoming folder: an absolute local path, or an fsspec URL."""
+        if is_remote(self.incoming_dir):
+            return UPath(self.incoming_dir)
         return pathlib.Path(self.incoming_dir).expanduser().absolute()
 
     def scan(self) -> Scan:
@@ -626,8 +634,13 @@ def layout_problem(incoming: str, store_root: str) -> str | None:
     (one image became 6, then 31 partitions); an incoming folder inside the store would
     be trashed with the outputs it lives among.
     """
-    if not isinstance(UPath(store_root), pathlib.Path):
-        return None  # an object store cannot be inside a local folder
+    if is_remote(store_root) or is_remote(incoming):
+        if str(store_root).rstrip("/").startswith(str(incoming).rstrip("/") + "/"):
+            return (
+                f"the store {store_root!r} ({STORE_ENV}) is inside the incoming folder "
+                f"{incoming!r} ({INCOMING_ENV}): its outputs would be taken for new images"
+            )
+        return None
     inside = os.path.realpath(os.path.expanduser(incoming))
     store = os.path.realpath(os.path.expanduser(store_root))
     if os.path.commonpath([inside, store]) == inside:

@@ -13,7 +13,6 @@ skipped. :func:`assets.sensors.build_failed_batch_sensor` then requests one run 
 image of that batch, so the good images complete and the bad one fails on its own.
 """
 
-import os
 import time
 import warnings
 from typing import Any
@@ -24,7 +23,7 @@ from pipeline.errors import KsegError
 
 from ..automation import IMAGE_CONDITION
 from ..dagster_gaps import check_events, observation
-from ..incoming import is_valid_partition_key, partition_key_for, read_source
+from ..incoming import is_valid_partition_key, look, partition_key_for, read_source
 from ..metadata import column_schema
 from ..names import BATCH_SIZE, SETTINGS, SOURCE
 from ..observations import LatestObservations, latest_observations
@@ -72,11 +71,7 @@ class _Sources:
         seen = self.observed.get(SOURCE, partition)
         path = seen.metadata.get("path") if seen else None
         root = self.storage.incoming()
-        if (
-            isinstance(path, str)
-            and partition_key_for(path) == partition
-            and os.path.lexists(root / path)
-        ):
+        if isinstance(path, str) and partition_key_for(path) == partition and look(root / path):
             return path
         if self._scanned is None:
             self._scanned = {image.key: image.relpath for image in self.storage.scan().images}
@@ -88,21 +83,19 @@ class _Sources:
             return None
         root = self.storage.incoming()
         name = str(root / relpath)
-        look: dict[str, Any] = {}
+        stat: dict[str, Any] = {}
 
         def read() -> bytes:
             try:
-                data, size, mtime_ns = read_source(
-                    root, relpath, max_bytes=self.storage.max_file_bytes
-                )
+                data, seen = read_source(root, relpath, max_bytes=self.storage.max_file_bytes)
             except ValueError as exc:
                 raise KsegError(f"{name}: {exc}") from exc
             except OSError as exc:
                 raise KsegError(f"{name}: cannot read file ({exc.strerror or exc})") from exc
-            look.update(path=relpath, bytes=size, mtime_ns=mtime_ns)
+            stat.update(path=relpath, bytes=seen.size, stamp=seen.stamp)
             return data
 
-        return SourceFile(relpath, name, read, look)
+        return SourceFile(relpath, name, read, stat)
 
 
 def _observe_changes(

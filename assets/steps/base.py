@@ -101,7 +101,7 @@ class SourceFile:
     read : callable
         Returns the file's bytes (checked and bounded by the caller).
     look : dict
-        Filled by ``read``: the ``path``, ``bytes`` and ``mtime_ns`` the file had.
+        Filled by ``read``: the ``path``, ``bytes`` and ``stamp`` the file had.
     """
 
     relpath: str

@@ -119,3 +119,36 @@ def test_resolve_source_refuses_escapes(tmp_path: Path) -> None:
     for bad in ("../secret.png", "/etc/passwd", "out.png"):
         with pytest.raises(ValueError):
             resolve_source(root, bad)
+
+
+def test_an_object_store_incoming_folder_is_scanned_looked_at_and_read(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image
+    from upath import UPath
+
+    from assets.incoming import look, read_source, scan_incoming, sha256_file
+
+    root = UPath("memory://kseg-incoming-test")
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 3), (10, 20, 30)).save(buffer, "PNG")
+    (root / "cats").mkdir(parents=True, exist_ok=True)
+    (root / "cats" / "a.png").write_bytes(buffer.getvalue())
+    (root / "notes.txt").write_bytes(b"x")
+    (root / "b.png.part").write_bytes(b"half an upload")
+    (root / ".hidden" / "c.png").parent.mkdir(parents=True, exist_ok=True)
+    (root / ".hidden" / "c.png").write_bytes(b"x")
+    scan = scan_incoming(root)
+    assert [image.relpath for image in scan.images] == ["cats/a.png"]
+    assert scan.unsupported == ("notes.txt",)
+    image = scan.images[0]
+    seen = look(image.path)
+    assert seen.size == len(buffer.getvalue())
+    data, read = read_source(root, "cats/a.png", max_bytes=10_000)
+    assert data == buffer.getvalue() and read == seen
+    import hashlib
+
+    assert sha256_file(image.path) == hashlib.sha256(data).hexdigest()
+    with pytest.raises(ValueError, match="above the limit"):
+        read_source(root, "cats/a.png", max_bytes=10)
+    root.fs.rm(root.path, recursive=True)

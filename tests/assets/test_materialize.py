@@ -364,3 +364,30 @@ def test_the_default_storage_reads_the_environment(
     )
     assert result.success
     assert (tmp_path / "env-store" / "images" / key / "raw_image.png").is_file()
+
+
+def test_an_object_store_incoming_folder_and_store_work_end_to_end(
+    instance: dg.DagsterInstance,
+) -> None:
+    import io
+
+    from PIL import Image
+    from upath import UPath
+
+    from assets.changes import survey
+    from assets.settings import ProjectSettings
+
+    incoming = UPath("memory://kseg-e2e-incoming")
+    incoming.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(
+        buffer, "PNG"
+    )
+    (incoming / "a.png").write_bytes(buffer.getvalue())
+    storage = KsegStorage(incoming_dir=str(incoming), store_root="memory://kseg-e2e-store")
+    found = survey(storage, instance, ProjectSettings(SegmentSettings()))
+    assert found.new == [partition_key_for("a.png")]
+    result = run_job(instance, storage, found.new)
+    assert result.success
+    assert UPath("memory://kseg-e2e-store/images").joinpath(found.new[0], "label_map.png").exists()
+    incoming.fs.rm(incoming.path, recursive=True)

@@ -367,20 +367,20 @@ def test_an_unreadable_file_is_reported_once_and_never_taken_for_deleted(
     a = put(incoming, "a.png", b"a")
     driver.tick()
     put(incoming, "b.png", b"b")
-    real_sha, real_look = changes.sha256_file, changes._look
+    real_sha, real_look = changes.sha256_file, changes.look
 
     def refuse_b(path: Path) -> str:
         if path.name == "b.png":
             raise PermissionError(13, "Permission denied")
         return real_sha(path)
 
-    def refuse_a(path: Path) -> tuple[int, int] | None:
+    def refuse_a(path: Path):
         if path.name == "a.png":
             raise PermissionError(13, "Permission denied")
         return real_look(path)
 
     monkeypatch.setattr(changes, "sha256_file", refuse_b)
-    monkeypatch.setattr(changes, "_look", refuse_a)
+    monkeypatch.setattr(changes, "look", refuse_a)
     _, report = driver.tick()
     assert report.deleted == [] and driver.partitions() == [a]
     assert report.skipped_new == [
