@@ -11,23 +11,27 @@ import io
 import json
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.plots import report_plot_png
+
 from .automation import REPORT_CONDITION
 from .checks import check_report_coverage
 from .incoming import is_valid_partition_key
-from .metadata import column_schema, markdown_table
+from .metadata import column_schema, frame_table, png_markdown
 from .names import CHOSEN, GROUP_REPORT, IMAGE_ASSETS, REPORT
 from .partitions import IMAGES
+from .settings import ProjectSettings
 from .steps.base import cache_key
 from .storage import KsegStorage, Manifest, Store, parquet_bytes
 
 __all__ = ["REPORT_COLUMNS", "report_rows", "segmentation_report"]
 
 REPORT_FILE = "segmentation_report.parquet"
-CODE_VERSION = "1"
+CODE_VERSION = "1"  # the file's content; its metadata is derived on every run
 _COVERAGE = "covers_every_image"
 _OUTPUT_FILES = {
     "raw_image": "raw_image.png",
@@ -52,18 +56,29 @@ REPORT_COLUMNS = (
     *(f"{name}_path" for name in _OUTPUT_FILES),
     "missing",
 )
-_MARKDOWN_COLUMNS = (
-    "partition_key",
-    "status",
-    "source_path",
-    "width",
-    "height",
-    "chosen_k",
-    "knee_strength",
-    "reason",
-    "wcss_at_k",
-    "seconds",
-)
+#: What each column of the report holds (shown with the schema in the UI).
+COLUMN_DESCRIPTIONS = {
+    "partition_key": "The image's partition key.",
+    "status": "ok: every output stored; incomplete: some missing; missing: none yet.",
+    "source_path": "The file's path in the incoming folder.",
+    "width": "Width of the decoded image, in pixels.",
+    "height": "Height of the decoded image, in pixels.",
+    "unique_colours": "Number of distinct RGB colours of the image.",
+    "chosen_k": "The number of segments K chosen.",
+    "knee_strength": "How clear the elbow of the WCSS curve is, 0 to 1.",
+    "reason": "elbow (clear), no_clear_elbow (the fallback decided) or override (a fixed K).",
+    "rule": "The rule that decided K (elbow, variance, knee, override, ...).",
+    "wcss_at_k": "Within-cluster sum of squares at the chosen K (feature units).",
+    "seconds": "Compute time of all the image's steps, in seconds.",
+    "raw_image_path": "Where the decoded image is stored.",
+    "segmented_image_path": "Where the segmented image is stored.",
+    "label_map_path": "Where the label map is stored.",
+    "segment_stats_path": "Where the segment table is stored.",
+    "missing": "The steps whose outputs are missing, comma-separated.",
+}
+#: The columns of the table in the UI: the ones read at a glance (all are in the file).
+_SHOWN = ("source_path", "status", "size", "chosen_k", "knee_strength", "reason", "seconds")
+_SHOWN_DESCRIPTIONS = {**COLUMN_DESCRIPTIONS, "size": "Width x height, in pixels."}
 
 
 def _row(store: Store, partition: str, manifests: dict[str, Manifest | None]) -> dict:
@@ -121,6 +136,17 @@ def report_rows(store: Store, partitions: list[str]) -> tuple[pd.DataFrame, list
     return frame.astype(integers), inputs
 
 
+def _shown_table(stored: pd.DataFrame) -> dg.MetadataValue:
+    """The report as a table that reads without scrolling sideways (the file has it all)."""
+    view = stored.assign(
+        size=[
+            f"{w}x{h}" if pd.notna(w) else ""
+            for w, h in zip(stored["width"], stored["height"], strict=True)
+        ]
+    )
+    return frame_table(view, columns=list(_SHOWN), descriptions=_SHOWN_DESCRIPTIONS)
+
+
 @dg.asset(
     name=REPORT,
     group_name=GROUP_REPORT,
@@ -139,7 +165,9 @@ def report_rows(store: Store, partitions: list[str]) -> tuple[pd.DataFrame, list
     "strength, WCSS at K, seconds and output paths (Parquet; a table in the metadata).",
 )
 def segmentation_report(
-    context: dg.AssetExecutionContext, storage: KsegStorage
+    context: dg.AssetExecutionContext,
+    storage: KsegStorage,
+    settings: dg.ResourceParam[ProjectSettings],
 ) -> dg.MaterializeResult:
     """One row per registered image: size, chosen K, strength, WCSS at K, seconds, outputs."""
     store = storage.store()
@@ -175,11 +203,22 @@ def segmentation_report(
             "path": dg.MetadataValue.path(store.uri(None, REPORT_FILE)),
             "bytes": manifest.files[REPORT_FILE].bytes,
             "dagster/row_count": table.num_rows,
-            "dagster/column_schema": column_schema(table.schema),
+            "dagster/column_schema": column_schema(table.schema, COLUMN_DESCRIPTIONS),
             "images": len(partitions),
             "ignored_keys": len(ignored),
             "complete": int((stored["status"] == "ok").sum()),
-            "report": dg.MetadataValue.md(markdown_table(stored, columns=_MARKDOWN_COLUMNS)),
+            "report": _shown_table(stored),
+            "across_images": png_markdown(
+                report_plot_png(
+                    stored["chosen_k"].to_numpy(dtype=float, na_value=np.nan),
+                    stored["knee_strength"].to_numpy(dtype=float, na_value=np.nan),
+                    stored["seconds"].to_numpy(dtype=float, na_value=np.nan),
+                    min_strength=settings.defaults.min_strength,
+                ),
+                alt="across images",
+                caption="Chosen K, knee strength (the dashed line: a clear elbow) and "
+                "compute seconds, over every segmented image.",
+            ),
         },
         data_version=dg.DataVersion(key),
         check_results=[

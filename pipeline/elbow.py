@@ -39,7 +39,14 @@ import numpy as np
 
 from .settings import SegmentSettings
 
-__all__ = ["METHODS", "ElbowChoice", "choose_k", "kneedle_knee", "log_slope_elbow"]
+__all__ = [
+    "METHODS",
+    "ElbowChoice",
+    "choose_k",
+    "compared",
+    "kneedle_knee",
+    "log_slope_elbow",
+]
 
 METHODS = ("log-slope", "kneedle")
 _ZERO = 1e-12  # WCSS at or below this share of WCSS_1 counts as zero
@@ -99,6 +106,23 @@ class ElbowChoice:
         values["k_values"] = tuple(int(k) for k in values["k_values"])
         values["curve"] = tuple(float(v) for v in values["curve"])
         return cls(**values)
+
+
+def compared(value: float, threshold: float) -> str:
+    """``value >= threshold`` or ``value < threshold``, each shown with as many decimals
+    as it takes for the shown numbers to agree with the comparison (0.4483 against 0.45
+    reads ``0.448 < 0.45``, never ``0.45 < 0.45``)."""
+    sign = ">=" if value >= threshold else "<"
+    for digits in range(2, 7):
+        shown, limit = round(value, digits), round(threshold, digits)
+        if (shown >= limit) == (value >= threshold):
+            return f"{shown:.{digits}f} {sign} {limit:.{max(2, _decimals(threshold))}f}"
+    return f"{value!r} {sign} {threshold!r}"
+
+
+def _decimals(number: float) -> int:
+    text = f"{number:.6f}".rstrip("0")
+    return len(text.split(".")[1]) if "." in text else 0
 
 
 def _log_curve(wcss: np.ndarray) -> np.ndarray:
@@ -244,12 +268,12 @@ def choose_k(
     if elbow_k is not None and strength >= settings.min_strength:
         return ElbowChoice(
             k=elbow_k, method=method, strength=strength, reason="elbow", rule="elbow",
-            detail=f"clear elbow at K={elbow_k} (strength {strength:.2f} >= "
-            f"{settings.min_strength:.2f})",
+            detail=f"clear elbow at K={elbow_k} (strength "
+            f"{compared(strength, settings.min_strength)})",
             elbow_k=elbow_k, **common,
         )  # fmt: skip
     weak = (
-        f"no clear elbow (best K={elbow_k}, strength {strength:.2f} < {settings.min_strength:.2f})"
+        f"no clear elbow (best K={elbow_k}, strength {compared(strength, settings.min_strength)})"
         if elbow_k is not None
         else "no elbow candidate in the K range"
     )

@@ -21,10 +21,12 @@ from .sweep import assign_labels
 __all__ = [
     "SEGMENT_COLUMNS",
     "Segmentation",
+    "boundaries_on",
     "boundary_overlay",
     "decode_png",
     "encode_png",
-    "preview_png",
+    "neighbours_jpeg",
+    "preview_jpeg",
     "segment",
     "segment_table",
     "thumbnail",
@@ -298,19 +300,121 @@ def thumbnail(rgb: np.ndarray, *, height: int = 160) -> np.ndarray:
     )
 
 
-def preview_png(
-    original: np.ndarray, segmented: np.ndarray, overlay: np.ndarray, *, height: int = 160
-) -> bytes:
-    """A small side-by-side PNG: original | segmented | boundary overlay.
+def _nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``labels`` resampled to ``shape`` by nearest neighbour (no new labels appear)."""
+    rows = (np.arange(shape[0]) * labels.shape[0]) // shape[0]
+    cols = (np.arange(shape[1]) * labels.shape[1]) // shape[1]
+    return labels[np.ix_(rows, cols)]
 
-    Quantised to a 256-colour palette so it stays well under 100 KB, small enough
-    to embed in Dagster metadata (large metadata fails with HTTP 413).
+
+def boundaries_on(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The image with segment boundaries drawn so they show on any image.
+
+    A boundary pixel (its right or lower neighbour has another label, widened by one
+    pixel) is painted black where the image is light and white where it is dark
+    (luminance against 128), so the lines stand out on every colour, unlike a fixed
+    colour such as magenta.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) ndarray of uint8
+    labels : (H, W) ndarray of int
+
+    Returns
+    -------
+    (H, W, 3) ndarray of uint8
     """
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    wide = edge.copy()
+    wide[1:, :] |= edge[:-1, :]
+    wide[:, 1:] |= edge[:, :-1]
+    luminance = rgb @ np.array([0.299, 0.587, 0.114])
+    out = np.array(rgb, copy=True)
+    out[wide & (luminance >= 128)] = 0
+    out[wide & (luminance < 128)] = 255
+    return out
+
+
+def _jpeg(strip: np.ndarray, max_bytes: int) -> bytes:
     from PIL import Image
 
-    tiles = [thumbnail(a, height=height) for a in (original, segmented, overlay)]
-    gap = np.full((tiles[0].shape[0], 4, 3), 255, dtype=np.uint8)
-    strip = np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1)
-    buf = io.BytesIO()
-    Image.fromarray(strip).quantize(256).save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
+    image = Image.fromarray(np.ascontiguousarray(strip))
+    for quality in (88, 80, 70, 60, 50):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality, optimize=True)
+        if buffer.tell() <= max_bytes:
+            break
+    return buffer.getvalue()
+
+
+def _side_by_side(tiles: list[np.ndarray], gap: int = 6) -> np.ndarray:
+    height = max(t.shape[0] for t in tiles)
+    space = np.full((height, gap, 3), 255, dtype=np.uint8)
+    parts: list[np.ndarray] = []
+    for tile in tiles:
+        if tile.shape[0] < height:
+            pad = np.full((height - tile.shape[0], tile.shape[1], 3), 255, dtype=np.uint8)
+            tile = np.concatenate([tile, pad], axis=0)
+        parts += [tile, space]
+    return np.concatenate(parts[:-1], axis=1)
+
+
+def preview_jpeg(
+    original: np.ndarray,
+    segmented: np.ndarray,
+    labels: np.ndarray,
+    *,
+    height: int = 300,
+    max_bytes: int = 150_000,
+) -> bytes:
+    """A side-by-side preview, original | segmented | boundaries, as JPEG bytes.
+
+    Each panel is ``height`` pixels high (never upscaled); the boundaries are drawn on
+    the preview itself (:func:`boundaries_on`), so they stay visible however much the
+    image is reduced. The JPEG quality is lowered until the file fits ``max_bytes``,
+    small enough to embed in Dagster metadata.
+
+    Parameters
+    ----------
+    original, segmented : (H, W, 3) ndarray of uint8
+    labels : (H, W) ndarray of int
+    height : int
+    max_bytes : int
+
+    Returns
+    -------
+    bytes
+    """
+    small = thumbnail(original, height=height)
+    painted = thumbnail(segmented, height=height)
+    lines = boundaries_on(small, _nearest(labels, small.shape[:2]))
+    return _jpeg(_side_by_side([small, painted, lines]), max_bytes)
+
+
+def neighbours_jpeg(
+    rgb: np.ndarray,
+    centres: list[np.ndarray],
+    settings: SegmentSettings,
+    *,
+    height: int = 170,
+    max_bytes: int = 100_000,
+) -> bytes:
+    """Small segmentations of ``rgb`` side by side, one per set of ``centres``.
+
+    Used to show what K-1, K and K+1 would give: the image is reduced first, then
+    each reduction is segmented with the sweep's centres for that K (the same
+    assignment as the full segmentation, on fewer pixels).
+
+    Returns
+    -------
+    bytes
+        A JPEG of the panels, left to right in the order of ``centres``.
+    """
+    small = np.ascontiguousarray(thumbnail(rgb, height=height))
+    hist = colour_histogram(small)
+    tiles = [
+        np.ascontiguousarray(segment(small, c, settings, hist=hist).segmented) for c in centres
+    ]
+    return _jpeg(_side_by_side(tiles), max_bytes)

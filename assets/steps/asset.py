@@ -24,7 +24,7 @@ from pipeline.errors import KsegError
 from ..automation import IMAGE_CONDITION
 from ..dagster_gaps import check_events, observation
 from ..incoming import is_valid_partition_key, look, partition_key_for, read_source
-from ..metadata import column_schema
+from ..metadata import column_schema, file_link
 from ..names import BATCH_SIZE, SETTINGS, SOURCE
 from ..observations import LatestObservations, latest_observations
 from ..partitions import IMAGES
@@ -144,7 +144,7 @@ def _failure(step: Step, failures: list[tuple[str, str]], total: int) -> dg.Fail
 
 
 def _ui_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    return {**metadata, "path": dg.MetadataValue.path(metadata["path"])}
+    return {**metadata, "path": file_link(metadata["path"])}
 
 
 def _process(

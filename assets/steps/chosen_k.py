@@ -4,11 +4,11 @@ import json
 from typing import Any
 
 from pipeline.elbow import ElbowChoice
-from pipeline.plots import elbow_plot_png
+from pipeline.plots import candidates, elbow_plot_png
 from pipeline.segment import choose_for_sweep
 
 from ..checks import check_k_in_range
-from ..metadata import plain, png_markdown
+from ..metadata import plain, png_markdown, rounded
 from ..names import CHOSEN, ELBOW, GROUP_SEGMENTATION
 from .base import CheckDef, Computed, Inputs, Step, Stored
 from .elbow_metrics import swept
@@ -18,6 +18,11 @@ __all__ = ["CHOSEN_FILE", "PLOT_FILE", "STEP", "choice"]
 CHOSEN_FILE = "chosen_k.json"
 PLOT_FILE = "elbow_plot.png"
 _SETTINGS = ("k_min", "k_max", "k_override", "min_strength", "fallback", "variance_target")
+_INDEX_NAMES = {
+    "silhouette": "silhouette",
+    "calinski_harabasz": "Calinski-Harabasz",
+    "davies_bouldin": "Davies-Bouldin",
+}
 
 
 def _compute(inputs: Inputs) -> Computed:
@@ -26,6 +31,7 @@ def _compute(inputs: Inputs) -> Computed:
     row = result.table.loc[result.table["k_effective"] == made.k].iloc[0]
     values = inputs.settings.to_dict()
     document = {
+        "candidates": candidates(result.table),
         "chosen_k": made.k,
         "knee_strength": made.strength,
         "reason": made.reason,
@@ -55,16 +61,24 @@ def _from_file(data: bytes) -> ElbowChoice:
 def _describe(stored: Stored) -> tuple[dict[str, Any], list]:
     made = stored.value(lambda _: _from_file(stored.read(CHOSEN_FILE)))
     check = check_k_in_range(made.k, stored.inputs.settings, capped=made.capped)
+    document = json.loads(stored.read(CHOSEN_FILE))
+    picks = document.get("candidates", {})
+    shown = ", ".join(f"{_INDEX_NAMES[name]} K={k}" for name, k in picks.items())
     metadata = {
         "chosen_k": int(made.k),
-        "knee_strength": float(made.strength),
+        "knee_strength": rounded(made.strength, 3),
         "reason": made.reason,
         "rule": made.rule,
         "method": made.method,
         "detail": made.detail,
-        "wcss_at_k": float(stored.info["wcss_at_k"]),
+        "wcss_at_k": rounded(stored.info["wcss_at_k"]),
+        "other_indices": shown or "none",
         "elbow_plot": png_markdown(
-            stored.read(PLOT_FILE), alt="elbow plot", caption=f"WCSS versus K; {made.detail}."
+            stored.read(PLOT_FILE),
+            alt="the K sweep",
+            caption=f"Left: WCSS versus K on log axes; {made.detail}. Right: the other "
+            f"indices and the K each would pick ({shown}). To see those K, open the "
+            "segmented_image of this image (K-1, K, K+1).",
         ),
     }
     return metadata, [check]
@@ -82,7 +96,7 @@ STEP = Step(
     "metadata shows the elbow plot.",
     group=GROUP_SEGMENTATION,
     kinds=frozenset({"python", "json"}),
-    code_version="2",
+    code_version="3",  # 3: the plot shows the other indices; candidates in the JSON
     reads=(ELBOW,),
     settings=_SETTINGS,
     main_file=CHOSEN_FILE,

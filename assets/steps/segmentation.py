@@ -12,17 +12,17 @@ import pyarrow.parquet as pq
 
 from pipeline.render import (
     SEGMENT_COLUMNS,
-    boundary_overlay,
     decode_png,
     encode_png,
-    preview_png,
+    neighbours_jpeg,
+    preview_jpeg,
     segment,
     segment_table,
 )
 from pipeline.segment import centres_for
 
 from ..checks import check_labels
-from ..metadata import frame_table, png_markdown, schema_metadata
+from ..metadata import frame_table, png_markdown, rounded, schema_metadata
 from ..names import CHOSEN, ELBOW, GROUP_SEGMENTATION, LABELS, RAW, SEGMENTED, STATS
 from ..storage import parquet_bytes
 from .base import CheckDef, Computed, Inputs, Step, Stored, cache_key
@@ -34,7 +34,8 @@ __all__ = ["LABELS_FILE", "LABELS_STEP", "SEGMENTED_FILE", "SEGMENTED_STEP", "ST
            "STATS_STEP"]  # fmt: skip
 
 SEGMENTED_FILE = "segmented_image.png"
-PREVIEW_FILE = "segmented_image_preview.png"
+PREVIEW_FILE = "segmented_image_preview.jpg"
+NEIGHBOURS_FILE = "segmented_image_neighbours.jpg"
 LABELS_FILE = "label_map.png"
 STATS_FILE = "segment_stats.parquet"
 _READS = (RAW, ELBOW, CHOSEN)
@@ -62,20 +63,48 @@ def _segmentation(inputs: Inputs):
     return inputs.memo.get_or_load("segmentation", key, compute)
 
 
+def _neighbours(inputs: Inputs, k: int) -> list[int]:
+    """K-1, K and K+1, as far as the sweep fitted them (each a distinct number of clusters)."""
+    fitted = set(swept(inputs).table["k_effective"].astype(int))
+    return [n for n in (k - 1, k, k + 1) if n in fitted and n >= 1]
+
+
 def _segmented(inputs: Inputs) -> Computed:
     seg = _segmentation(inputs)
     rgb = decoded(inputs)
-    preview = preview_png(rgb, seg.segmented, boundary_overlay(rgb, seg.labels), height=96)
-    files = {SEGMENTED_FILE: encode_png(seg.segmented), PREVIEW_FILE: preview}
-    return Computed(files, {"k": seg.k, "wcss": seg.wcss})
+    preview = preview_jpeg(rgb, seg.segmented, seg.labels, height=300)
+    ks = _neighbours(inputs, seg.k)
+    centres = [centres_for(swept(inputs), k) for k in ks]
+    strip = neighbours_jpeg(rgb, centres, inputs.settings, height=170)
+    files = {
+        SEGMENTED_FILE: encode_png(seg.segmented),
+        PREVIEW_FILE: preview,
+        NEIGHBOURS_FILE: strip,
+    }
+    return Computed(files, {"k": seg.k, "wcss": seg.wcss, "neighbours": ks})
 
 
 def _describe_segmented(stored: Stored) -> tuple[dict[str, Any], list]:
     caption = "original | segmented | boundaries"
+    k = int(stored.info["k"])
+    ks = stored.info.get("neighbours", [k])
+    key = stored.inputs.partition
+    others = [n for n in ks if n != k]
+    keep = (
+        f"To keep another K for this image (say K={others[-1]}): launch the "
+        f"**set_image_settings** job with `images: [{key}]` and `k: {others[-1]}`, or run "
+        f"`kseg settings {key} --k {others[-1]}`; it is re-segmented with it and keeps it."
+        if others
+        else ""
+    )
+    shown = " | ".join(f"K={n}{' (chosen)' if n == k else ''}" for n in ks)
     metadata = {
-        "k": int(stored.info["k"]),
-        "wcss": float(stored.info["wcss"]),
+        "k": k,
+        "wcss": rounded(stored.info["wcss"]),
         "preview": png_markdown(stored.read(PREVIEW_FILE), alt=caption, caption=caption),
+        "neighbouring_k": png_markdown(
+            stored.read(NEIGHBOURS_FILE), alt="neighbouring K", caption=f"{shown}. {keep}"
+        ),
     }
     return metadata, []
 
@@ -118,13 +147,16 @@ def _describe_stats(stored: Stored) -> tuple[dict[str, Any], list]:
     return metadata, []
 
 
-def _step(asset: str, description: str, kinds: set[str], main: str, compute, describe, **more):
+def _step(
+    asset: str, description: str, kinds: set[str], main: str, compute, describe, **more
+) -> Step:
     return Step(
         asset=asset,
         description=description,
         group=GROUP_SEGMENTATION,
         kinds=frozenset(kinds),
-        code_version="2",  # 2: labels ordered by the lightness of the mean RGB colour
+        # 2: labels ordered by the lightness of the mean RGB colour
+        code_version=more.pop("code_version", "2"),
         reads=_READS,
         settings=_SETTINGS,
         main_file=main,
@@ -142,6 +174,7 @@ SEGMENTED_STEP = _step(
     SEGMENTED_FILE,
     _segmented,
     _describe_segmented,
+    code_version="3",  # 3: a readable preview and the neighbouring K
 )
 LABELS_STEP = _step(
     LABELS,

@@ -78,7 +78,9 @@ def test_every_asset_materialises_with_metadata_and_passing_checks(
     assert chosen["reason"].value in ("elbow", "no_clear_elbow")
     assert "data:image/png;base64," in chosen["elbow_plot"].value
     preview = found["segmented_image", key].metadata["preview"].value
-    assert "data:image/png;base64," in preview and len(preview) < 100_000
+    assert "data:image/jpeg;base64," in preview and len(preview) < 250_000
+    strip = found["segmented_image", key].metadata["neighbouring_k"].value
+    assert "data:image/jpeg;base64," in strip and "set_image_settings" in strip
     stats = found["segment_stats", key].metadata
     assert stats["dagster/row_count"].value == chosen["chosen_k"].value
 
@@ -302,7 +304,11 @@ def test_report_covers_every_registered_image(
     assert result.success
     meta = materializations(result)[REPORT, None].metadata
     assert meta["dagster/row_count"].value == 2 and meta["complete"].value == 2
-    assert "sub/b.png" in meta["report"].value
+    shown = {record.data["source_path"] for record in meta["report"].value.records}
+    assert shown == {"a.png", "sub/b.png"}
+    columns = {c.name: c.description for c in meta["dagster/column_schema"].schema.columns}
+    assert all(columns.values()), columns  # every column of the file is described
+    assert "data:image/png;base64," in meta["across_images"].value
     assert check_evaluations(result)["covers_every_image", None].passed
     table = pq.read_table(tmp_path / "store" / "report" / "segmentation_report.parquet")
     assert sorted(table.column("partition_key").to_pylist()) == sorted(keys)

@@ -16,10 +16,12 @@ from scipy import ndimage
 from pipeline.colours import convert_colours
 from pipeline.render import (
     SEGMENT_COLUMNS,
+    boundaries_on,
     boundary_overlay,
     decode_png,
     encode_png,
-    preview_png,
+    neighbours_jpeg,
+    preview_jpeg,
     segment,
     segment_table,
     thumbnail,
@@ -267,20 +269,37 @@ def test_thumbnail_never_upscales_and_keeps_aspect(photo):
 
 
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "rocket"])
-def test_preview_png_is_a_small_valid_png(photo, name):
-    """The preview is embedded in Dagster metadata, so it must stay small (< 100 KB)."""
+def test_the_preview_is_large_enough_to_judge_and_small_enough_to_embed(photo, name):
     rgb = photo(name, None)
     settings = SegmentSettings(k_max=6)
     centres = sweep(photo(name, 128), settings).centres[6]
     seg = segment(rgb, centres, settings)
-    data = preview_png(rgb, seg.segmented, boundary_overlay(rgb, seg.labels))
-    assert data.startswith(PNG_MAGIC)
+    data = preview_jpeg(rgb, seg.segmented, seg.labels, height=300, max_bytes=150_000)
     with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        assert image.height == 160
-        tile = round(rgb.shape[1] * 160 / rgb.shape[0])
-        assert image.width == 3 * tile + 2 * 4  # three tiles, two 4-pixel gaps
-    assert len(data) < 100_000, f"preview of {name} is {len(data)} bytes"
+        assert image.format == "JPEG"
+        height = min(300, rgb.shape[0])
+        tile = round(rgb.shape[1] * height / rgb.shape[0]) if rgb.shape[0] > 300 else rgb.shape[1]
+        assert image.size == (3 * tile + 2 * 6, height)
+    assert len(data) <= 150_000, f"preview of {name} is {len(data)} bytes"
+
+
+def test_boundaries_are_drawn_against_the_image_they_cross():
+    labels = np.zeros((6, 8), dtype=np.uint8)
+    labels[:, 4:] = 1
+    for value, line in ((20, 255), (230, 0)):  # white on dark, black on light
+        rgb = np.full((6, 8, 3), value, dtype=np.uint8)
+        out = boundaries_on(rgb, labels)
+        assert (out[:, 3:5] == line).all()  # the edge, two pixels wide
+        assert (out[:, :3] == value).all() and (out[:, 5:] == value).all()
+        assert (rgb == value).all()  # the input is not touched
+
+
+def test_the_neighbouring_k_strip_has_one_panel_per_k(coffee):
+    rgb, _, settings, _, result = coffee
+    data = neighbours_jpeg(rgb, [result.centres[k] for k in (4, 5, 6)], settings, height=60)
+    with Image.open(io.BytesIO(data)) as image:
+        tile = round(rgb.shape[1] * 60 / rgb.shape[0]) if rgb.shape[0] > 60 else rgb.shape[1]
+        assert image.size == (3 * tile + 2 * 6, min(60, rgb.shape[0]))
 
 
 # --- properties -----------------------------------------------------------------------------
