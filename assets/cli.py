@@ -80,9 +80,9 @@ def _parser() -> argparse.ArgumentParser:
         help="incoming folder (default: $KSEG_INCOMING_DIR or data/incoming)",
     )
     ui = sub.add_parser(
-        "ui", help="open the Dagster UI (`dagster dev`) on the project's instance",
-        description="Run `dagster dev -w workspace.yaml` with DAGSTER_HOME set to the "
-        "instance `kseg run` records into, so its runs, lineage and metadata show.",
+        "ui", help="open the Dagster UI (`dg dev`) on the project's instance",
+        description="Run `dg dev` (Dagster's webserver and daemon) with DAGSTER_HOME set to "
+        "the instance `kseg run` records into, so its runs, lineage and metadata show.",
     )  # fmt: skip
     ui.add_argument("--port", type=int, default=3000, help="port of the web UI (default 3000)")
     return parser
@@ -96,11 +96,15 @@ def _ui(port: int) -> int:
     from assets.storage import PROJECT_ROOT
 
     home = project_home()
-    open_instance(home)  # creates the folder and its dagster.yaml on first use
-    dagster = shutil.which("dagster", path=os.path.dirname(sys.executable)) or "dagster"
+    open_instance(home).dispose()  # creates the folder and its dagster.yaml on first use
+    venv = os.path.dirname(sys.executable)
+    dg = shutil.which("dg", path=venv) or "dg"
     os.environ["DAGSTER_HOME"] = str(home)
+    os.environ["VIRTUAL_ENV"] = os.path.dirname(venv)  # dg runs the project in this venv
+    os.environ["PATH"] = venv + os.pathsep + os.environ.get("PATH", "")
     os.chdir(PROJECT_ROOT)
-    os.execv(dagster, [dagster, "dev", "-w", "workspace.yaml", "-p", str(port)])
+    print(f"kseg ui: opening the Dagster UI on http://127.0.0.1:{port} (instance {home})")
+    os.execv(dg, [dg, "dev", "-h", "127.0.0.1", "-p", str(port)])
     return 0  # not reached: execv replaces this process
 
 
@@ -117,8 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.samples import write_samples
 
         dest = args.dest or os.environ.get("KSEG_INCOMING_DIR") or "data/incoming"
-        for path in write_samples(dest):
-            print(path)
+        try:
+            for path in write_samples(dest):
+                print(path)
+        except OSError as exc:
+            where = exc.filename or dest
+            print(f"kseg samples: error: cannot write to {where}: {exc.strerror or exc}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         return 0
     if args.command == "ui":
         return _ui(args.port)
