@@ -88,6 +88,7 @@ class RunSummary:
     images: int = 0
     new: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
     planned: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -271,6 +272,7 @@ def run_command(
         )
         wanted = plan(found, storage.store(), verify=True)
         summary.new, summary.stale = wanted.missing, list(wanted.stale)
+        summary.fresh = list(wanted.fresh)
         summary.planned = list(found.files) if all_ else wanted.wanted
         # What needs no run is recorded now (a touched file's new time, say); the runs
         # record what they read themselves.
@@ -304,10 +306,14 @@ def _print_summary(summary: RunSummary, root: Path, home: Path, out: TextIO, err
         print(f"kseg run: error: {message}", file=err)
     for message in summary.failed_checks:
         print(f"kseg run: check failed: {message}", file=err)
-    up_to_date = summary.images - len(summary.new) - len(summary.stale)
+    # Up to date: the images whose stored outputs were checked, not every image that is
+    # neither new nor stale (a file the survey could not read was never compared).
+    up_to_date = len(summary.fresh)
+    unchecked = summary.images - len(summary.new) - len(summary.stale) - up_to_date
     print(
         f"kseg run: {summary.images} image(s) in {root}: {len(summary.new)} new, "
-        f"{len(summary.stale)} stale, {up_to_date} up to date",
+        f"{len(summary.stale)} stale, {up_to_date} up to date"
+        + (f", {unchecked} not checked (see the errors above)" if unchecked > 0 else ""),
         file=out,
     )
     print(

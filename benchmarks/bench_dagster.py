@@ -172,9 +172,7 @@ def runs_summary(home: Path, since: float) -> dict[str, float]:
 
     instance = dg.DagsterInstance.from_config(str(home))
     try:
-        records = [
-            r for r in instance.get_run_records() if r.create_timestamp.timestamp() >= since
-        ]
+        records = [r for r in instance.get_run_records() if r.create_timestamp.timestamp() >= since]
         waits = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
         durations = [r.end_time - r.start_time for r in records if r.end_time and r.start_time]
         events = sum(len(instance.all_logs(r.dagster_run.run_id)) for r in records)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from daemon_driver import DaemonDriver
 from dagster_helpers import QUIET, write_image
 
 from assets import steps as steps_module
@@ -19,7 +20,6 @@ from assets.changes import survey
 from assets.definitions import build_defs
 from assets.names import IMAGE_ASSETS, PARTITIONS_NAME, REPORT
 from assets.settings import ProjectSettings, update_own_settings
-from assets.storage import KsegStorage
 from pipeline.settings import SegmentSettings
 
 pytestmark = [
@@ -29,15 +29,8 @@ pytestmark = [
 ]
 
 
-class Daemon:
+class Daemon(DaemonDriver):
     """The sensor's observations, automation's evaluations and the runs, in process."""
-
-    def __init__(self, instance: dg.DagsterInstance, storage: KsegStorage) -> None:
-        self.instance = instance
-        self.storage = storage
-        self.project = ProjectSettings(SegmentSettings())
-        self.cursor = None
-        self.defs = build_defs(storage, self.project)
 
     def sense(self) -> None:
         """What incoming_images_sensor records: new partitions and changed observations."""
@@ -45,19 +38,6 @@ class Daemon:
         self.instance.add_dynamic_partitions(PARTITIONS_NAME, found.new)
         for event in found.events:
             self.instance.report_runless_asset_event(event)
-
-    def evaluate(self) -> dict[str, set[str | None]]:
-        """One automation tick: asset -> partitions requested."""
-        result = dg.evaluate_automation_conditions(
-            defs=self.defs, instance=self.instance, cursor=self.cursor
-        )
-        self.cursor = result.cursor
-        self.requested = {
-            name: set(partitions)
-            for name in (*IMAGE_ASSETS, REPORT)
-            if (partitions := result.get_requested_partitions(dg.AssetKey(name)))
-        }
-        return self.requested
 
     def run_requested(self) -> list[dg.ExecuteInProcessResult]:
         """Execute the last tick's requests, one run per partition, as run workers would."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from daemon_driver import DaemonDriver
 from dagster_helpers import run_job, write_image
 
 import assets.changes as changes
@@ -25,10 +26,8 @@ from assets.sensors import (
     INTERVAL_ENV,
     SENSOR_NAME,
     SensorSettings,
-    TickReport,
     build_failed_batch_sensor,
     build_incoming_images_sensor,
-    evaluate_incoming,
     split_requests,
 )
 from assets.settings import ProjectSettings, update_own_settings
@@ -48,57 +47,14 @@ def put(folder: Path, relpath: str, data: bytes = b"\x89PNG fake", *, age: float
     return partition_key_for(relpath)
 
 
-class Driver:
+def Driver(
+    instance: dg.DagsterInstance,
+    storage: KsegStorage,
+    settings: SensorSettings,
+    project: ProjectSettings | None = None,
+) -> DaemonDriver:
     """Ticks the sensor like the daemon: evaluate, apply requests and events, commit."""
-
-    def __init__(
-        self,
-        instance: dg.DagsterInstance,
-        storage: KsegStorage,
-        settings: SensorSettings,
-        project: ProjectSettings | None = None,
-    ) -> None:
-        self.instance = instance
-        self.storage = storage
-        self.project = project or ProjectSettings(SegmentSettings())
-        self.defs = build_defs(storage, self.project)
-        self.cursor: str | None = None
-        self.reports: list[TickReport] = []
-        reports = self.reports
-        project_settings = self.project
-
-        @dg.sensor(name=SENSOR_NAME, asset_selection=[dg.AssetKey(REPORT)])
-        def probe(context: dg.SensorEvaluationContext, storage: KsegStorage) -> dg.SensorResult:
-            result, report = evaluate_incoming(context, storage, project_settings, settings)
-            reports.append(report)
-            return result
-
-        self.sensor = probe
-
-    def tick(self) -> tuple[dg.SensorExecutionData, TickReport]:
-        with dg.build_sensor_context(
-            instance=self.instance,
-            instance_ref=self.instance.get_ref(),
-            cursor=self.cursor,
-            definitions=self.defs,
-            resources={"storage": self.storage},
-        ) as context:
-            data = self.sensor.evaluate_tick(context)
-        for request in data.dynamic_partitions_requests or []:
-            if isinstance(request, dg.AddDynamicPartitionsRequest):
-                self.instance.add_dynamic_partitions(
-                    request.partitions_def_name, list(request.partition_keys)
-                )
-            else:
-                for key in request.partition_keys:
-                    self.instance.delete_dynamic_partition(request.partitions_def_name, key)
-        for event in data.asset_events or []:
-            self.instance.report_runless_asset_event(event)
-        self.cursor = data.cursor
-        return data, self.reports[-1]
-
-    def partitions(self) -> list[str]:
-        return list(self.instance.get_dynamic_partitions(PARTITIONS_NAME))
+    return DaemonDriver(instance, storage, settings, project)
 
 
 def observed(data: dg.SensorExecutionData, asset: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ import tifffile
 from PIL import Image
 
 #: The pixel limit the tests configure (engine ``max_pixels``, ``--max-pixels``, and
-#: ``assets.cache.DECODE_SETTINGS`` in the Dagster tests); every "good" case is below it.
+#: ``robustness_dagster.pixel_limit`` in the Dagster tests); every "good" case is below it.
 LIMIT = 5000
 WHITE = (255, 255, 255)
 

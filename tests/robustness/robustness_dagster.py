@@ -1,24 +1,54 @@
-"""Helpers of the Dagster robustness tests: run the project's job, read what a run logged."""
+"""Helpers of the Dagster robustness tests: run the project's jobs, tick its sensors and
+automation like the daemon, read what a run logged."""
 
 from __future__ import annotations
 
 import io
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
+from daemon_driver import DaemonDriver
 
+import assets.steps.raw_image as raw_image_step
 from assets.definitions import build_defs
-from assets.keys import IMAGE_ASSETS, PARTITIONS_NAME
+from assets.names import (
+    IMAGE_ASSETS,
+    PARTITION_TAG,
+    PARTITIONS_NAME,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    REPORT,
+)
+from assets.partitions import run_tags_for
 from assets.run import run_command
-from assets.storage import KsegStorage
-from assets.store import Store
+from assets.sensors import SensorSettings
+from assets.settings import ProjectSettings
+from assets.storage import KsegStorage, Store
+from pipeline.settings import SegmentSettings
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def project(config: dict | None = None) -> ProjectSettings:
+    """The project settings ``config`` (kseg's defaults for the fields it does not set)."""
+    return ProjectSettings(SegmentSettings(**(config or {})).validate(), "definitions")
+
+
+@contextmanager
+def pixel_limit(limit: int) -> Iterator[None]:
+    """Lower ``raw_image``'s pixel limit, a constant of the code location that is part of
+    its cache key: the limit it decodes with and the one its key hashes."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(raw_image_step, "DEFAULT_MAX_PIXELS", limit)
+        patch.setitem(raw_image_step.STEP.constants, "max_pixels", limit)
+        yield
 
 
 def register(instance: dg.DagsterInstance, keys: Sequence[str]) -> None:
@@ -34,17 +64,15 @@ def run_partition(
     config: dict | None = None,
     selection: Sequence[str] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """One ``segment_images`` run of one partition, as the UI or a sensor launches it."""
+    """One ``segment_images`` run of one partition, as the UI launches it; ``config``: the
+    project settings of the code location (settings are no run config any more)."""
     register(instance, [key])
-    run_config: dict[str, Any] = dict(QUIET)
-    if config:
-        run_config["ops"] = {"image_steps": {"config": config}}
-    kwargs: dict[str, Any] = {"partition_key": key}
+    kwargs: dict[str, Any] = {"tags": run_tags_for(key, key)}
     if selection is not None:
         kwargs["asset_selection"] = [dg.AssetKey(a) for a in selection]
-    job = build_defs(storage).resolve_job_def("segment_images")
+    job = build_defs(storage, project(config)).resolve_job_def("segment_images")
     return job.execute_in_process(
-        run_config=run_config, instance=instance, raise_on_error=False, **kwargs
+        run_config=QUIET, instance=instance, raise_on_error=False, **kwargs
     )
 
 
@@ -74,8 +102,9 @@ def kseg_run(
         str(incoming),
         store_root=str(store_root),
         instance=instance,
-        run_config={"ops": {"image_steps": {"config": config}}} if config else None,
+        project=project(config),
         batch_size=batch_size,
+        environ={},
         out=out,
         err=err,
     )
@@ -84,23 +113,34 @@ def kseg_run(
 
 @dataclass
 class Failure:
-    """A step failure: its description, metadata and the failed partitions it lists."""
+    """A step failure: its step, description, metadata and the failed partitions it lists."""
 
     run_id: str
+    step: str
     description: str
     metadata: dict[str, Any]
     partitions: dict[str, str] = field(default_factory=dict)  # partition -> error message
 
 
 def failures(instance: dg.DagsterInstance, run_id: str) -> list[Failure]:
+    """Every step failure of a run; each must be a ``dagster.Failure`` naming its images."""
     found = []
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         data = entry.dagster_event.step_failure_data.user_failure_data
         assert data is not None, "the step failed with an error, not a dagster.Failure"
         metadata = {k: v.value for k, v in data.metadata.items()}
         listed = {item["partition"]: item["error"] for item in metadata["failed_partitions"]}
-        found.append(Failure(run_id, data.description, metadata, listed))
+        step = entry.dagster_event.step_key
+        found.append(Failure(run_id, step, data.description, metadata, listed))
     return found
+
+
+def started_steps(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    """The steps a run started (a step whose upstream step failed is never started)."""
+    return {
+        entry.dagster_event.step_key
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+    }
 
 
 def materialised(instance: dg.DagsterInstance, run_id: str) -> dict[tuple[str, str], dict]:
@@ -115,13 +155,18 @@ def materialised(instance: dg.DagsterInstance, run_id: str) -> dict[tuple[str, s
 
 
 def run_partitions(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
-    """The partitions a range run covered, in partition order."""
+    """The partitions a run covered (one, or a range), in partition order."""
     order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
-    if "dagster/partition" in run.tags:
-        return [run.tags["dagster/partition"]]
-    start = order.index(run.tags["dagster/asset_partition_range_start"])
-    end = order.index(run.tags["dagster/asset_partition_range_end"])
+    if PARTITION_TAG in run.tags:
+        return [run.tags[PARTITION_TAG]]
+    start = order.index(run.tags[RANGE_START_TAG])
+    end = order.index(run.tags[RANGE_END_TAG])
     return order[start : end + 1]
+
+
+def is_batch(run: dg.DagsterRun) -> bool:
+    """True for a run over a range of partitions (a batch), False for one image."""
+    return RANGE_START_TAG in run.tags
 
 
 def all_intact(store: Store, key: str) -> bool:
@@ -133,6 +178,69 @@ def all_intact(store: Store, key: str) -> bool:
     return True
 
 
+# -- the daemon, in process ----------------------------------------------------------------
+class Daemon(DaemonDriver):
+    """What the Dagster daemon does for kseg, one step at a time, in process.
+
+    * :meth:`tick` and :meth:`evaluate`: the sensor and automation (``DaemonDriver``);
+    * :meth:`run_batch` / :meth:`run_split`: what a backfill run worker executes for
+      the requested partitions, and the runs ``failed_batch_sensor`` requests when a
+      batch failed.
+    """
+
+    def __init__(
+        self,
+        instance: dg.DagsterInstance,
+        storage: KsegStorage,
+        settings: SensorSettings | None = None,
+        config: dict | None = None,
+    ) -> None:
+        super().__init__(instance, storage, settings, project(config))
+
+    def run_batch(
+        self, assets: Sequence[str], partitions: Sequence[str]
+    ) -> dg.ExecuteInProcessResult:
+        """One run of ``assets`` over a contiguous range of partitions (a backfill batch)."""
+        order = self.partitions()
+        covered = sorted(partitions, key=order.index)
+        first, last = covered[0], covered[-1]
+        assert order[order.index(first) : order.index(last) + 1] == covered, "not contiguous"
+        return self._execute(assets, run_tags_for(first, last))
+
+    def run_report(self) -> dg.ExecuteInProcessResult:
+        return self._execute([REPORT], {})
+
+    def run_split(self, failed: dg.DagsterRun) -> list[dg.ExecuteInProcessResult]:
+        """Evaluate ``failed_batch_sensor`` on a failed run and execute what it requests."""
+        sensor = self.defs.resolve_sensor_def("failed_batch_sensor")
+        (failure,) = self.instance.all_logs(failed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        context = dg.build_run_status_sensor_context(
+            sensor_name=sensor.name,
+            dagster_event=failure.dagster_event,
+            dagster_instance=self.instance,
+            dagster_run=failed,
+        ).for_run_failure()
+        requests = list(sensor(context) or [])
+        results = []
+        for request in requests:
+            assert isinstance(request, dg.RunRequest)
+            names = [key.to_user_string() for key in request.asset_selection]
+            tags = {**request.tags, PARTITION_TAG: request.partition_key}
+            results.append(self._execute(names, tags))
+        return results
+
+    def _execute(self, assets: Sequence[str], tags: dict[str, str]) -> dg.ExecuteInProcessResult:
+        job = self.defs.resolve_implicit_global_asset_job_def()
+        return job.execute_in_process(
+            run_config=QUIET,
+            instance=self.instance,
+            asset_selection=[dg.AssetKey(name) for name in assets],
+            tags=tags,
+            raise_on_error=False,
+        )
+
+
+# -- pickles -------------------------------------------------------------------------------
 PICKLE_HEADERS = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))
 
 

@@ -2,15 +2,19 @@
 (assets.run.run_command, the project's own driver) in batches of 8 partitions per run,
 against a real instance.
 
-Bad files fail only their own partition, with a ``dagster.Failure`` whose description and
-``failed_partitions`` metadata name the file and the reason; the good files of the same
-runs are materialised; refused names (a link leaving the folder, a name that is not
-UTF-8) are reported without being read; nothing is written outside the storage root and
-no pickle is ever stored.
+A batch is all or nothing per step (each step is its own Dagster op): a bad file fails
+its batch's ``raw_image`` step with a ``dagster.Failure`` whose description and
+``failed_partitions`` metadata name the file and the reason, after the step stored the
+batch's other images; the batch's later steps are skipped, and ``kseg run`` runs that
+batch again image by image, so the good files complete (``raw_image`` a cache hit) and
+each bad one fails on its own. Refused names (a link leaving the folder, a name that is
+not UTF-8) are reported without being read; nothing is written outside the storage root
+and no pickle is ever stored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import unicodedata
 from dataclasses import dataclass
@@ -26,22 +30,27 @@ from robustness_dagster import (
     KsegRun,
     all_intact,
     failures,
+    is_batch,
     kseg_run,
     materialised,
     pickled_files,
+    pixel_limit,
     run_partitions,
+    started_steps,
 )
 from robustness_util import tree_snapshot
 
-from assets.cache import DECODE_SETTINGS, chain_keys, sha256_bytes
 from assets.incoming import partition_key_for
-from assets.keys import IMAGE_ASSETS, PARTITIONS_NAME, REPORT
-from assets.store import Store
+from assets.names import IMAGE_ASSETS, PARTITIONS_NAME, RAW, REPORT
+from assets.steps import chain_keys
+from assets.storage import Store
 from pipeline.render import decode_png
 from pipeline.settings import SegmentSettings
 
 NOT_UTF8 = os.fsdecode(b"latin1-caf\xe9.png")
+NOT_UTF8_SHOWN = "latin1-caf\ufffd.png"  # how kseg names it (U+FFFD for the bad byte)
 INSIDE_DIR = "x.jpg/inside.png"  # an image inside a directory named x.jpg
+BATCH = 8
 
 
 @dataclass
@@ -52,12 +61,29 @@ class Backfill:
     home: Path
     instance: dg.DagsterInstance
     run: KsegRun
-    runs: list[dg.DagsterRun]
-    failures: dict[str, tuple[str, Failure]]  # partition -> (its error, the run's Failure)
-    materialised: dict[tuple[str, str], dict]  # (asset, partition) -> metadata
+    runs: list[dg.DagsterRun]  # every segment_images run, oldest first
+    batches: list[dg.DagsterRun]  # the runs over a range of partitions
+    singles: list[dg.DagsterRun]  # the runs of one image (a failed batch, split)
+    failures: dict[str, list[Failure]]  # run id -> its step failures
+    materialised: dict[tuple[str, str], list[dict]]  # (asset, partition) -> metadata, in order
+    materialised_by_run: dict[str, dict[tuple[str, str], dict]]
+    started: dict[str, set[str]]  # run id -> the steps it started
     partitions_of_run: dict[str, list[str]]
     before: dict
     after: dict
+
+    def batch_of(self, key: str) -> dg.DagsterRun:
+        (run,) = [r for r in self.batches if key in self.partitions_of_run[r.run_id]]
+        return run
+
+    def single_of(self, key: str) -> dg.DagsterRun:
+        (run,) = [r for r in self.singles if self.partitions_of_run[r.run_id] == [key]]
+        return run
+
+    def failure(self, run: dg.DagsterRun, key: str) -> tuple[str, Failure]:
+        """The error of ``key`` in ``run``, and the one step failure that lists it."""
+        (found,) = [f for f in self.failures[run.run_id] if key in f.partitions]
+        return found.partitions[key], found
 
 
 @pytest.fixture(scope="module")
@@ -75,80 +101,122 @@ def backfill(tmp_path_factory) -> Backfill:
     home = base / "home"
     home.mkdir()
     before = tree_snapshot(base)
-    with pytest.MonkeyPatch.context() as patch:
-        # The pixel limit is a constant of the code location (part of raw_image's cache
-        # key); lowered here so that a small real image is "above the configured limit".
-        patch.setitem(DECODE_SETTINGS, "max_pixels", LIMIT)
-        with dg.instance_for_test(temp_dir=str(home)) as instance:
-            run = kseg_run(instance, incoming, base / "store", batch_size=8)
-            runs = [r for r in instance.get_runs() if r.job_name == "segment_images"]
-            failed: dict[str, tuple[str, Failure]] = {}
-            done: dict[tuple[str, str], dict] = {}
-            covered = {}
-            for r in runs:
-                covered[r.run_id] = run_partitions(instance, r)
-                done.update(materialised(instance, r.run_id))
-                for failure in failures(instance, r.run_id):
-                    for partition, error in failure.partitions.items():
-                        failed[partition] = (error, failure)
-            after = tree_snapshot(base, skip=(base / "store", home))
-            yield Backfill(
-                base=base,
-                incoming=incoming,
-                store=Store(base / "store"),
-                home=home,
-                instance=instance,
-                run=run,
-                runs=runs,
-                failures=failed,
-                materialised=done,
-                partitions_of_run=covered,
-                before=before,
-                after=after,
-            )
+    # The pixel limit is a constant of the code location (part of raw_image's cache
+    # key); lowered here so that a small real image is "above the configured limit".
+    with pixel_limit(LIMIT), dg.instance_for_test(temp_dir=str(home)) as instance:
+        run = kseg_run(instance, incoming, base / "store", batch_size=BATCH)
+        runs = [r for r in reversed(instance.get_runs()) if r.job_name == "segment_images"]
+        done: dict[tuple[str, str], list[dict]] = {}
+        by_run = {}
+        for r in runs:
+            by_run[r.run_id] = materialised(instance, r.run_id)
+            for where, metadata in by_run[r.run_id].items():
+                done.setdefault(where, []).append(metadata)
+        after = tree_snapshot(base, skip=(base / "store", home))
+        yield Backfill(
+            base=base,
+            incoming=incoming,
+            store=Store(base / "store"),
+            home=home,
+            instance=instance,
+            run=run,
+            runs=runs,
+            batches=[r for r in runs if is_batch(r)],
+            singles=[r for r in runs if not is_batch(r)],
+            failures={r.run_id: failures(instance, r.run_id) for r in runs},
+            materialised=done,
+            materialised_by_run=by_run,
+            started={r.run_id: started_steps(instance, r.run_id) for r in runs},
+            partitions_of_run={r.run_id: run_partitions(instance, r) for r in runs},
+            before=before,
+            after=after,
+        )
 
 
 def key_of(case: Case) -> str:
     return partition_key_for(case.name)
 
 
-def test_the_backfill_ran_in_several_batches(backfill: Backfill) -> None:
+BAD_KEYS = {key_of(c) for c in BAD}
+
+
+def test_the_backfill_ran_in_batches_and_split_only_the_failed_ones(backfill: Backfill) -> None:
     registered = backfill.instance.get_dynamic_partitions(PARTITIONS_NAME)
     # Every case plus the image inside x.jpg; not the link nor the non-UTF-8 name.
     assert len(registered) == len(CASES) + 1
-    assert len(backfill.runs) == -(-len(registered) // 8)
-    assert sorted(p for ps in backfill.partitions_of_run.values() for p in ps) == sorted(registered)
+    covered = backfill.partitions_of_run
+    assert len(backfill.batches) == -(-len(registered) // BATCH)
+    assert all(len(covered[r.run_id]) <= BATCH for r in backfill.batches)
+    assert sorted(p for r in backfill.batches for p in covered[r.run_id]) == sorted(registered)
+    # A batch fails exactly when it holds a bad file; only failed batches are split, each
+    # into one run per image, right after it.
+    expected_order = []
+    for batch in backfill.batches:
+        members = covered[batch.run_id]
+        assert (batch.status == dg.DagsterRunStatus.FAILURE) == bool(BAD_KEYS & set(members))
+        expected_order.append([batch.run_id])
+        if batch.status == dg.DagsterRunStatus.FAILURE:
+            expected_order[-1] += [backfill.single_of(key).run_id for key in members]
+    assert [r.run_id for r in backfill.runs] == [i for ids in expected_order for i in ids]
+    for single in backfill.singles:
+        (key,) = covered[single.run_id]
+        assert (single.status == dg.DagsterRunStatus.FAILURE) == (key in BAD_KEYS)
 
 
 @pytest.mark.parametrize("case", case_params(BAD))
 def test_bad_file_fails_only_its_partition(backfill: Backfill, case: Case) -> None:
     key = key_of(case)
     path = backfill.incoming / case.name
-    error, failure = backfill.failures[key]
+    # On its own (the failed batch split image by image), it fails raw_image, naming the
+    # file and the reason, and nothing else.
+    single = backfill.single_of(key)
+    error, failure = backfill.failure(single, key)
     assert error.startswith(f"{path}: ") and case.error in error
-    # The run's Failure names this file and reason, and lists only the bad partitions.
-    assert error in failure.description
-    assert set(failure.partitions) <= {key_of(c) for c in BAD}
-    assert failure.metadata["failed"] == len(failure.partitions)
-    # Nothing of it was materialised or stored ...
+    assert backfill.failures[single.run_id] == [failure]
+    assert failure.step == RAW and failure.description == f"{RAW}: {error}"
+    assert failure.partitions == {key: error}
+    assert (failure.metadata["failed"], failure.metadata["total"]) == (1, 1)
+    # Its batch's raw_image step failed the same way, listing only bad partitions ...
+    batch = backfill.batch_of(key)
+    members = backfill.partitions_of_run[batch.run_id]
+    in_batch, batch_failure = backfill.failure(batch, key)
+    assert in_batch == error and error in batch_failure.description
+    assert backfill.failures[batch.run_id] == [batch_failure] and batch_failure.step == RAW
+    assert set(batch_failure.partitions) <= BAD_KEYS
+    assert batch_failure.metadata["failed"] == len(batch_failure.partitions)
+    assert batch_failure.metadata["total"] == len(members)
+    # ... after storing the batch's other images (a failed step records no materialisation:
+    # all or nothing); its later steps never started.
+    assert backfill.started[batch.run_id] == {RAW}
+    assert backfill.materialised_by_run[batch.run_id] == {}
+    others = set(members) - set(batch_failure.partitions)
+    assert others, "the batch had no good file"
+    # Nothing of it was materialised or stored, in any run ...
     assert not [a for a, p in backfill.materialised if p == key]
     assert not (backfill.store.root / "images" / key).exists()
-    # ... while every other partition of the same run was.
-    others = set(backfill.partitions_of_run[failure.run_id]) - set(failure.partitions)
-    assert others, "the batch had no good file"
+    # ... while every other partition of its batch completed in its own run, reusing the
+    # raw_image the batch stored.
     for other in others:
-        assert all((asset, other) in backfill.materialised for asset in IMAGE_ASSETS)
-    # kseg run said it in one line.
-    assert f"kseg run: error: {error}" in backfill.run.error_lines
+        own = backfill.materialised_by_run[backfill.single_of(other).run_id]
+        assert set(own) == {(asset, other) for asset in IMAGE_ASSETS}
+        assert own[RAW, other]["cache"] == "hit"
+        assert all(own[asset, other]["cache"] == "miss" for asset in IMAGE_ASSETS[1:])
+    # kseg run said it in one line (once, although two runs failed on it).
+    assert backfill.run.error_lines.count(f"kseg run: error: {error}") == 1
 
 
 @pytest.mark.parametrize("case", case_params(GOOD))
 def test_good_file_is_processed(backfill: Backfill, case: Case) -> None:
     key = key_of(case)
     store = backfill.store
-    assert key not in backfill.failures
+    assert not [f for fs in backfill.failures.values() for f in fs if key in f.partitions]
+    # Every step was materialised once and computed once: in its batch, or, if the batch
+    # failed (on another file), in its own run, where raw_image is a cache hit on what
+    # the failed batch stored.
+    split = BAD_KEYS & set(backfill.partitions_of_run[backfill.batch_of(key).run_id])
     for asset in IMAGE_ASSETS:
-        assert backfill.materialised[asset, key]["cache"] == "miss"
+        (metadata,) = backfill.materialised[asset, key]
+        assert metadata["cache"] == ("hit" if split and asset == RAW else "miss")
     assert all_intact(store, key)
     raw = store.manifest(key, "raw_image").info
     assert (raw["width"], raw["height"]) == case.size
@@ -165,14 +233,13 @@ def test_good_file_is_processed(backfill: Backfill, case: Case) -> None:
         case.pixels(decode_png(store.read_bytes(key, "raw_image.png")))
     labels = decode_png(store.read_bytes(key, "label_map.png"))
     assert labels.shape == (raw["height"], raw["width"])
-    # The data version logged for each asset is the cache key of this file's content.
+    # The cache key logged for each asset is the one this file's content gives.
     source = (backfill.incoming / case.name).read_bytes()
-    settings = SegmentSettings()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(DECODE_SETTINGS, "max_pixels", LIMIT)
-        expected = chain_keys(sha256_bytes(source), settings)
+    with pixel_limit(LIMIT):
+        expected = chain_keys(hashlib.sha256(source).hexdigest(), SegmentSettings())
     for asset in IMAGE_ASSETS:
-        assert backfill.materialised[asset, key]["cache_key"] == expected[asset]
+        assert backfill.materialised[asset, key][0]["cache_key"] == expected[asset]
+        assert store.manifest(key, asset).cache_key == expected[asset]
 
 
 def test_kseg_run_prints_one_line_per_bad_or_refused_file(backfill: Backfill) -> None:
@@ -182,11 +249,15 @@ def test_kseg_run_prints_one_line_per_bad_or_refused_file(backfill: Backfill) ->
     refused = {
         f"kseg run: error: {backfill.incoming / 'escape.png'}: symbolic link leads outside "
         "the incoming folder",
-        f"kseg run: error: {backfill.incoming / 'latin1-caf�.png'}: file name is not valid UTF-8",
+        f"kseg run: error: {backfill.incoming / NOT_UTF8_SHOWN}: file name is not valid UTF-8",
     }
     assert refused <= set(run.error_lines)
     assert len(run.error_lines) == len(BAD) + len(refused)
-    assert f"processed {len(CASES) + 1} image(s) in {len(backfill.runs)} run(s)" in run.out
+    assert all(line.startswith("kseg run: error: ") for line in run.error_lines)
+    assert (
+        f"processed {len(CASES) + 1} image(s) in {len(backfill.runs)} run(s), "
+        f"{len(BAD) + len(refused)} error(s), 0 failed check(s)"
+    ) in run.out
     assert "kseg run: report " in run.out
 
 

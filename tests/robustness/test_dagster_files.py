@@ -5,8 +5,9 @@ its run is in progress, key collisions, and no unpickling anywhere.
 
 from __future__ import annotations
 
+import hashlib
 import os
-import pathlib
+import re
 import subprocess
 from pathlib import Path
 
@@ -20,24 +21,31 @@ from robustness_dagster import (
     all_intact,
     failures,
     forbid_unpickling,
+    is_batch,
     kseg_run,
     materialised,
+    project,
     register,
     run_partition,
+    run_partitions,
 )
 from robustness_util import ROOT, child_env, python, without_file_permission_override
 
-import assets.image_assets
 import assets.incoming
-import assets.steps
-from assets.cache import sha256_bytes
+import assets.steps.asset
+import assets.steps.raw_image
 from assets.definitions import build_defs
 from assets.incoming import partition_key_for
-from assets.keys import IMAGE_ASSETS, PARTITIONS_NAME
+from assets.names import IMAGE_ASSETS, PARTITIONS_NAME, RAW, SETTINGS, SOURCE
+from assets.partitions import run_tags_for
 from assets.run import materialise
-from assets.storage import KsegStorage
-from assets.store import Store
+from assets.steps.memo import MEMO
+from assets.storage import KsegStorage, Store
 from pipeline.render import decode_png
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def save(folder: Path, relpath: str, height: int = 6, width: int = 8) -> str:
@@ -56,12 +64,13 @@ def the_failure(instance, result):
 def test_a_single_partition_run_fails_with_that_files_message(
     instance, storage: KsegStorage, incoming: Path
 ) -> None:
-    # As the UI or a sensor launches it: one partition per run.
+    # As the UI launches it: one partition per run.
     (incoming / "notes.jpg").write_bytes(b"plain text\n")
     key = partition_key_for("notes.jpg")
     failure = the_failure(instance, run_partition(instance, storage, key))
     message = f"{incoming / 'notes.jpg'}: not a recognised image format"
-    assert failure.description == message
+    assert failure.step == RAW  # each step is its own op: the failure names it
+    assert failure.description == f"{RAW}: {message}"
     assert failure.partitions == {key: message}
     assert (failure.metadata["failed"], failure.metadata["total"]) == (1, 1)
 
@@ -95,12 +104,25 @@ def test_forged_partition_keys_are_refused_and_write_nothing(
     # every key not made by partition_key_for fails its partition and touches no file.
     good = save(incoming, "good.png")
     register(instance, [*FORGED, good])
-    runs, errors = materialise(instance, storage, [*FORGED, good])
-    assert len(runs) == 1
-    (failure,) = failures(instance, runs[0])
-    assert set(failure.partitions) == set(FORGED)
+    runs, errors, checks = materialise(instance, build_defs(storage, project()), [*FORGED, good])
+    # One batch, which fails at raw_image naming every forged key; then one run per
+    # image, as kseg run splits a failed batch: each forged key fails on its own and the
+    # good image completes.
+    batch, *singles = (instance.get_run_by_id(run_id) for run_id in runs)
+    assert is_batch(batch) and run_partitions(instance, batch) == [*FORGED, good]
+    (failure,) = failures(instance, batch.run_id)
+    assert failure.step == RAW and set(failure.partitions) == set(FORGED)
     for key in FORGED:
-        assert failure.partitions[key] == f"refusing partition key {key!r}: not a kseg key"
+        message = f"refusing partition key {key!r}: not a kseg partition key"
+        assert failure.partitions[key] == message
+    assert (failure.metadata["failed"], failure.metadata["total"]) == (len(FORGED), len(FORGED) + 1)
+    assert [run_partitions(instance, run) for run in singles] == [[key] for key in [*FORGED, good]]
+    for run, key in zip(singles, [*FORGED, good], strict=True):
+        if key == good:
+            assert run.status == dg.DagsterRunStatus.SUCCESS
+            continue
+        (own,) = failures(instance, run.run_id)
+        assert own.partitions == {key: f"refusing partition key {key!r}: not a kseg partition key"}
     assert all_intact(storage.store(), good)
     store_root = tmp_path / "store"
     assert {p.name for p in (store_root / "images").iterdir()} == {good}
@@ -108,16 +130,21 @@ def test_forged_partition_keys_are_refused_and_write_nothing(
     outside = {p.name for p in tmp_path.iterdir()}
     assert outside == {"incoming", "store", "dagster_home"}
     assert not Path("/tmp/kseg-absolute-escape").exists()
-    assert len(errors) == len(FORGED)
+    assert len(errors) == len(FORGED) and checks == []  # each forged key named once
 
 
 def test_the_store_refuses_forged_keys_for_every_operation(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     for key in FORGED:
         for operation in (
-            lambda k: store.path(k, "raw_image.png"),
+            lambda k: store.folder(k),
+            lambda k: store.read_bytes(k, "raw_image.png"),
+            lambda k: store.manifest(k, "raw_image"),
             lambda k: store.save(k, "raw_image", cache_key="c", code_version="1", files={}),
             lambda k: store.lock(k).__enter__(),
+            lambda k: store.trash(k),
+            lambda k: store.own_settings(k),
+            lambda k: store.save_own_settings(k, b"{}"),
         ):
             with pytest.raises(Exception, match="refusing partition key"):
                 operation(key)
@@ -130,17 +157,17 @@ def test_a_link_to_outside_swapped_in_after_the_scan_is_refused_at_read_time(
     key = save(incoming, "a.png")
     secret = tmp_path / "secret.png"
     Image.fromarray(pattern(3, 3)).save(secret)
-    read_source = assets.steps.read_source
+    read_source = assets.steps.asset.read_source
 
-    def swap_then_read(work, root):  # between the scan and the read
+    def swap_then_read(root, relpath, **kwargs):  # between the scan and the read
         (incoming / "a.png").unlink()
         (incoming / "a.png").symlink_to(secret)
-        return read_source(work, root)
+        return read_source(root, relpath, **kwargs)
 
-    monkeypatch.setattr(assets.steps, "read_source", swap_then_read)
+    monkeypatch.setattr(assets.steps.asset, "read_source", swap_then_read)
     failure = the_failure(instance, run_partition(instance, storage, key))
     assert failure.description == (
-        f"{incoming / 'a.png'}: 'a.png' leads outside the incoming folder"
+        f"{RAW}: {incoming / 'a.png'}: 'a.png' leads outside the incoming folder"
     )
     assert not (tmp_path / "store" / "images" / key).exists()
 
@@ -152,21 +179,26 @@ def test_a_registered_image_that_became_a_directory(
     assert run_partition(instance, storage, key).success
     (incoming / "x.jpg").unlink()
     (incoming / "x.jpg").mkdir()
+    # What is at x.jpg now is no image: the partition fails, naming it, and nothing is read.
     failure = the_failure(instance, run_partition(instance, storage, key))
-    assert failure.description == (f"{key}: no image in the incoming folder has this partition key")
+    message = f"{key}: no image in the incoming folder has this partition key"
+    assert failure.description == f"{RAW}: {message}"
+    assert failure.partitions == {key: message}
+    assert not materialised(instance, failure.run_id)
 
 
 def _deny(monkeypatch, target: Path) -> None:
-    """Simulate an unreadable file in process (root reads anything): Path.read_bytes of
-    ``target`` raises what a chmod 000 file raises for a normal user."""
-    original = pathlib.Path.read_bytes
+    """Simulate an unreadable file in process (root reads anything): opening ``target``
+    raises what opening a chmod 000 file raises for a normal user (every reader of an
+    image file, the survey's hash and the step's read, opens it with ``os.open``)."""
+    original = os.open
 
-    def read_bytes(self):
-        if os.path.abspath(self) == os.path.abspath(target):
-            raise PermissionError(13, "Permission denied", str(self))
-        return original(self)
+    def deny_open(path, flags, *args, **kwargs):
+        if os.path.abspath(path) == os.path.abspath(target):
+            raise PermissionError(13, "Permission denied", str(path))
+        return original(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(pathlib.Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(os, "open", deny_open)
 
 
 def test_an_unreadable_file_fails_its_partition_only(
@@ -177,27 +209,35 @@ def test_an_unreadable_file_fails_its_partition_only(
     _deny(monkeypatch, incoming / "b.png")
     result = kseg_run(instance, incoming, tmp_path / "store")
     assert result.code == 1
+    # kseg run's survey cannot hash it: it is named, and neither registered nor run.
     assert result.error_lines == [
-        f"kseg run: error: {incoming / 'b.png'}: cannot read file (Permission denied)"
+        f"kseg run: error: {incoming / 'b.png'} (cannot be read: Permission denied)"
     ]
+    assert "processed 1 image(s) in 1 run(s), 1 error(s)" in result.out
     assert all_intact(storage.store(), good)
     assert not (tmp_path / "store" / "images" / bad).exists()
-    # Observing the sources (what drives staleness) skips it and observes the others.
-    job = build_defs(storage).resolve_job_def("observe_images")
+    assert list(instance.get_dynamic_partitions(PARTITIONS_NAME)) == [good]
+    # Observing the sources (what drives automation) skips it and observes the others.
+    register(instance, [bad])
+    job = build_defs(storage, project()).resolve_job_def("observe_images")
     observed = job.execute_in_process(
         instance=instance, tags=_range([good, bad], instance), run_config=QUIET
     )
     assert observed.success
-    keys = {e.partition for e in observed.asset_observations_for_node("observe_source_image")}
-    assert keys == {good}
+    events = observed.asset_observations_for_node("observe_sources")
+    assert {(e.asset_key.to_user_string(), e.partition) for e in events} == {
+        (SOURCE, good),
+        (SETTINGS, good),
+    }
+    # A run of it fails that partition, naming the file and the reason.
+    failure = the_failure(instance, run_partition(instance, storage, bad))
+    message = f"{incoming / 'b.png'}: cannot read file (Permission denied)"
+    assert failure.partitions == {bad: message}
 
 
 def _range(keys: list[str], instance) -> dict[str, str]:
     order = [k for k in instance.get_dynamic_partitions(PARTITIONS_NAME) if k in keys]
-    return {
-        "dagster/asset_partition_range_start": order[0],
-        "dagster/asset_partition_range_end": order[-1],
-    }
+    return run_tags_for(order[0], order[-1])
 
 
 @pytest.mark.slow
@@ -225,9 +265,32 @@ def test_kseg_run_with_a_really_unreadable_file(tmp_path: Path) -> None:
     stderr = second.stderr.decode()
     assert second.returncode == 1 and "Traceback" not in stderr
     assert stderr.splitlines() == [
-        f"kseg run: error: {incoming / 'b.png'}: cannot read file (Permission denied)"
+        f"kseg run: error: {incoming / 'b.png'} (cannot be read: Permission denied)"
     ]
-    assert "0 new, 1 stale, 1 up to date" in second.stdout.decode()
+    # Its bytes cannot be read, so it is not planned (the count of up-to-date images:
+    # test_kseg_run_does_not_count_an_unreadable_file_as_up_to_date).
+    assert "processed 0 image(s) in 0 run(s), 1 error(s)" in second.stdout.decode()
+
+
+_COUNTS = re.compile(r"kseg run: (\d+) image\(s\) in .*: (\d+) new, (\d+) stale, (\d+) up to date")
+
+
+def test_kseg_run_does_not_count_an_unreadable_file_as_up_to_date(
+    instance, storage: KsegStorage, incoming: Path, tmp_path: Path, monkeypatch
+) -> None:
+    save(incoming, "a.png")
+    save(incoming, "b.png", 5, 5)
+    assert kseg_run(instance, incoming, tmp_path / "store").code == 0
+    (incoming / "b.png").write_bytes((incoming / "a.png").read_bytes())  # changed ...
+    _deny(monkeypatch, incoming / "b.png")  # ... and unreadable
+    second = kseg_run(instance, incoming, tmp_path / "store")
+    assert second.error_lines == [
+        f"kseg run: error: {incoming / 'b.png'} (cannot be read: Permission denied)"
+    ]
+    (counts,) = _COUNTS.findall(second.out)
+    images, new, _stale, up_to_date = map(int, counts)
+    assert images == 2 and new == 0
+    assert up_to_date == 1  # a.png only: b.png's new bytes were never seen
 
 
 def test_a_file_replaced_while_its_run_is_in_progress(
@@ -237,14 +300,14 @@ def test_a_file_replaced_while_its_run_is_in_progress(
     # mid-run, it finishes on the version it hashed, and the next run sees the new one.
     key = save(incoming, "a.png", 6, 8)
     original = (incoming / "a.png").read_bytes()
-    decode = assets.image_assets.decode_image
+    decode = assets.steps.raw_image.decode_image
 
     def replace_then_decode(data, **kwargs):
         Image.fromarray(pattern(9, 4)).save(incoming / ".a.png.new", format="PNG")
         os.replace(incoming / ".a.png.new", incoming / "a.png")
         return decode(data, **kwargs)
 
-    monkeypatch.setattr(assets.image_assets, "decode_image", replace_then_decode)
+    monkeypatch.setattr(assets.steps.raw_image, "decode_image", replace_then_decode)
     first = kseg_run(instance, incoming, tmp_path / "store")
     assert first.code == 0, first.err
     monkeypatch.undo()
@@ -253,8 +316,10 @@ def test_a_file_replaced_while_its_run_is_in_progress(
     assert raw["source_sha256"] == sha256_bytes(original)
     assert (raw["width"], raw["height"]) == (8, 6)
     np.testing.assert_array_equal(decode_png(store.read_bytes(key, "raw_image.png")), pattern(6, 8))
-    observed = instance.get_latest_data_version_record(dg.AssetKey("source_image"), True, key)
-    assert observed.asset_observation.tags["dagster/data_version"] == sha256_bytes(original)
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(SOURCE), asset_partitions=[key]), limit=1
+    ).records
+    assert records[0].asset_observation.tags["dagster/data_version"] == sha256_bytes(original)
     assert all_intact(store, key)
     # Next kseg run: the file's new bytes make it stale, and it is redone on them.
     second = kseg_run(instance, incoming, tmp_path / "store")
@@ -282,6 +347,7 @@ def test_nothing_is_unpickled_when_steps_read_their_inputs(
 ) -> None:
     key = save(incoming, "a.png")
     assert run_partition(instance, storage, key).success
+    MEMO.clear()  # what the first run left in memory: the next run reads the store
     attempts = forbid_unpickling(monkeypatch)
     # A subset reads elbow_metrics, raw_image ... back from the store (Parquet, PNG, JSON)
     # with different settings, so it recomputes from them; then the report reads manifests.
@@ -289,7 +355,10 @@ def test_nothing_is_unpickled_when_steps_read_their_inputs(
         instance, storage, key, config={"k_override": 3}, selection=list(IMAGE_ASSETS[3:])
     )
     assert result.success, attempts
-    assert materialised(instance, result.run_id)["chosen_k", key]["chosen_k"] == 3
-    report = build_defs(storage).resolve_job_def("segmentation_report_job")
+    done = materialised(instance, result.run_id)
+    assert set(done) == {(asset, key) for asset in IMAGE_ASSETS[3:]}
+    assert all(metadata["cache"] == "miss" for metadata in done.values())
+    assert done["chosen_k", key]["chosen_k"] == 3
+    report = build_defs(storage, project()).resolve_job_def("segmentation_report_job")
     assert report.execute_in_process(instance=instance, run_config=QUIET).success
     assert attempts == []

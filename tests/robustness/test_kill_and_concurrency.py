@@ -5,18 +5,20 @@ run`` uses) on a persistent instance; ``robustness_child.py`` pauses them at an 
 write (or the parent kills at a time it observes), then the parent kills them with
 SIGKILL or lets them go on.
 
-What protects the outputs (``assets/store.py``):
+What protects the outputs (``assets/storage.py``):
 
 * every file is written under a temporary name and renamed; a step's manifest (cache
   key + SHA-256 of every file) is written last;
 * a stored output is reused only if its manifest has the expected key *and* every file
   still has its recorded SHA-256 (content, not existence);
-* one run at a time per image: ``Store.lock`` (``flock``, released by the kernel when its
-  holder dies) is held while a run looks up, computes, saves and describes an image.
+* one writer at a time per image: ``Store.lock`` (``flock``, released by the kernel when
+  its holder dies) is held while a step looks up, computes, saves and describes one
+  image's output (each step is its own Dagster op, and takes the lock for each image).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -30,15 +32,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from robustness_cases import pattern
-from robustness_dagster import all_intact, kseg_run
+from robustness_dagster import all_intact, kseg_run, project
 from robustness_util import ROOT, child_env, python
 
-from assets.cache import chain_keys, sha256_bytes
+from assets.definitions import build_defs
 from assets.incoming import partition_key_for
-from assets.keys import CHOSEN, ELBOW, IMAGE_ASSETS, LABELS, SEGMENTED, STATS
-from assets.run import build_report, open_instance
-from assets.storage import KsegStorage
-from assets.store import Store
+from assets.instance import open_instance
+from assets.names import CHOSEN, ELBOW, IMAGE_ASSETS, LABELS, SEGMENTED, STATS
+from assets.run import build_report
+from assets.steps import chain_keys
+from assets.storage import KsegStorage, Store
 from pipeline.settings import SegmentSettings
 
 pytestmark = pytest.mark.slow
@@ -63,7 +66,8 @@ def wait_until(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:
-            raise AssertionError(f"child exited early:\n{proc.stderr.read().decode()[-3000:]}")
+            out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+            raise AssertionError(f"child exited early:\n{out[-3000:]}\n{err[-3000:]}")
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError("timed out waiting for the child")
@@ -71,7 +75,7 @@ def wait_until(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 
 def keys_for(config: dict, source: bytes) -> dict[str, str]:
-    return chain_keys(sha256_bytes(source), SegmentSettings(**config))
+    return chain_keys(hashlib.sha256(source).hexdigest(), SegmentSettings(**config))
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +95,12 @@ def reference(tmp_path_factory):
     return {
         "base": base,
         "files": {name: store.read_bytes(KEY, name) for name in COMPARED},
+        # Every file each step stores (its outputs, its manifest, its description).
+        "files_of": {
+            asset: {*store.manifest(KEY, asset).files, f"{asset}.manifest.json"}
+            | {f"{asset}.description.json"}
+            for asset in IMAGE_ASSETS
+        },
         "source": (base / "incoming" / "photo.png").read_bytes(),
     }
 
@@ -105,18 +115,23 @@ def assert_no_partial_file_under_a_final_name(folder: Path) -> None:
     for path in folder.iterdir():
         if path.name.startswith("."):
             continue  # a temporary file: never read by anything
-        if path.suffix == ".png":
+        if path.suffix in (".png", ".jpg", ".jpeg", ".webp"):
             with Image.open(path) as image:
                 image.load()
         elif path.suffix == ".parquet":
             pq.read_table(path)
-        else:
+        elif path.suffix == ".json":
             json.loads(path.read_bytes())
+        else:
+            raise AssertionError(f"{path.name}: a stored file of a kind this test cannot check")
 
 
 SCENARIOS = {
     # (file the child is writing when killed, half of it already in its temporary file)
-    "half_written_label_map": ("label_map.png", True),
+    # segment_stats is the middle one of the three segmentation steps (which all read
+    # raw_image, elbow_metrics and chosen_k): killed there, one sibling (label_map) is
+    # already replaced and one (segmented_image) not yet touched.
+    "half_written_segment_stats": ("segment_stats.parquet", True),
     "chosen_k_files_written_manifest_half_written": ("chosen_k.manifest.json", True),
     "timed_kill_after_the_new_elbow_manifest": (None, False),
 }
@@ -154,9 +169,16 @@ def test_sigkill_while_writing_then_rerun(reference, tmp_path: Path, scenario: s
     reusable = {a: store.intact(KEY, a, first[a]) is not None for a in IMAGE_ASSETS}
     if target and half:
         assert [p.name for p in folder.glob(f".{target}.*.tmp")], "killed before writing?"
-    if scenario == "half_written_label_map":
+    # Exactly the outputs the killed run wrote no file of are reusable (for SECOND's
+    # run, raw_image and pixel_features were cache hits: nothing written).
+    written = {name for _, event, name in _events(tmp_path / "log") if event == "wrote"}
+    touched = {a for a, names in reference["files_of"].items() if names & written}
+    assert reusable == {a: a not in touched for a in IMAGE_ASSETS}
+    assert {ELBOW} <= touched and not touched & set(IMAGE_ASSETS[:2])
+    if scenario == "half_written_segment_stats":
         assert store.manifest(KEY, ELBOW).cache_key == second[ELBOW]
-        assert reusable[LABELS] and reusable[STATS] and not reusable[SEGMENTED]
+        assert touched == {ELBOW, CHOSEN, LABELS}, "not killed between two segmentation steps"
+        assert not reusable[LABELS] and reusable[STATS] and reusable[SEGMENTED]
     if scenario == "chosen_k_files_written_manifest_half_written":
         # The dangerous state: the manifest in place still carries FIRST's key, which the
         # rerun will ask for, but chosen_k.json already holds SECOND's result. Only the
@@ -169,7 +191,7 @@ def test_sigkill_while_writing_then_rerun(reference, tmp_path: Path, scenario: s
     instance = open_instance(paths["home"])
     try:
         storage = KsegStorage(incoming_dir=paths["incoming"], store_root=paths["store"])
-        assert build_report(instance, storage)[1] == []
+        assert build_report(instance, build_defs(storage, project(FIRST)))[1] == []
     finally:
         instance.dispose()
     row = report_row(store)
@@ -224,10 +246,13 @@ def _asset_key(name: str):
 
 
 def test_two_runs_on_one_image_at_the_same_time(tmp_path: Path) -> None:
-    # Run A (k=2) is paused in the middle of writing its outputs, holding the image's
-    # lock; run B (k=3) on the same image, same store, same instance, starts and must
-    # wait; A then finishes, B goes on. Their writes never interleave and the store ends
-    # with one consistent, verified set: B's.
+    # Run A (k=2) is paused in the middle of writing its chosen_k output, holding the
+    # image's lock; run B (k=3) on the same image, same store, same instance, starts and
+    # must wait; A then finishes, B goes on. Each step of each run holds the image's lock
+    # while it writes, so no two writes of the image ever interleave (the two runs may
+    # take turns step by step), and the store ends with one consistent, verified set: B's
+    # (every step after chosen_k reads its inputs' keys from the store, so a step of A
+    # that comes after B's chosen_k finds B's outputs as its cache hits).
     incoming, store_root, home = tmp_path / "incoming", tmp_path / "store", tmp_path / "home"
     incoming.mkdir()
     Image.fromarray(pattern(24, 32)).save(incoming / "photo.png")
@@ -262,16 +287,30 @@ def test_two_runs_on_one_image_at_the_same_time(tmp_path: Path) -> None:
     assert json.loads(out_a)["pid"] == pid_a
 
     events = _events(log)
-    held = [e for e in events if e[1] in ("lock-held", "lock-release")]
-    assert held == [
-        (pid_a, "lock-held", KEY),
-        (pid_a, "lock-release", KEY),
-        (run_b.pid, "lock-held", KEY),
-        (run_b.pid, "lock-release", KEY),
-    ]
-    writes = [e[0] for e in events if e[1] == "wrote"]
-    switch = writes.index(run_b.pid)
-    assert set(writes[:switch]) == {pid_a} and set(writes[switch:]) == {run_b.pid}
+    held = [(pid, event) for pid, event, name in events if event in ("lock-held", "lock-release")]
+    assert {name for _, event, name in events if event.startswith("lock")} == {KEY}
+    # The lock is never held twice at once: each lock-held is followed by its own release.
+    assert len(held) % 2 == 0
+    for (pid, taken), released in zip(held[::2], held[1::2], strict=True):
+        assert taken == "lock-held" and released == (pid, "lock-release")
+    # Each run held it once per step; B's first hold came after A's paused step (A's
+    # fourth: raw_image, pixel_features, elbow_metrics, chosen_k) released it.
+    holders = [pid for pid, _ in held[::2]]
+    assert holders.count(pid_a) == holders.count(run_b.pid) == len(IMAGE_ASSETS)
+    assert holders.index(run_b.pid) >= IMAGE_ASSETS.index(CHOSEN) + 1
+    assert holders[: IMAGE_ASSETS.index(CHOSEN) + 1] == [pid_a] * (IMAGE_ASSETS.index(CHOSEN) + 1)
+    # Every write happened while its writer held the lock.
+    holder = None
+    writes = 0
+    for pid, event, name in events:
+        if event == "lock-held":
+            holder = pid
+        elif event == "lock-release":
+            holder = None
+        elif event == "wrote":
+            assert pid == holder, f"{pid} wrote {name} while {holder} held the lock"
+            writes += 1
+    assert writes and {pid for pid, event, _ in events if event == "wrote"} == {pid_a, run_b.pid}
 
     store = Store(store_root)
     assert all_intact(store, KEY)
