@@ -55,17 +55,27 @@ def _parser() -> argparse.ArgumentParser:
         "settings", help="show or change images' own settings (they override the project's)",
         description="Show or change the own settings of images (partition keys, or paths "
         "relative to the incoming folder). They are kept until changed again; the images are "
-        "re-segmented by automation (or the next kseg run).",
+        "re-segmented by automation (or the next kseg run). Without a change, prints the "
+        "images' effective settings. An option left out keeps the image's current value.",
     )  # fmt: skip
     settings.add_argument("images", nargs="+", metavar="IMAGE", help="partition key or path")
     settings.add_argument("--k", default=None, metavar="N", help="a fixed K for these images")
-    for name, kind in (
-        ("k-min", int), ("k-max", int), ("spatial-weight", float), ("seed", int),
-        ("min-strength", float), ("variance-target", float),
+    for name, kind, meaning in (
+        ("k-min", int, "smallest K that may be chosen"),
+        ("k-max", int, "largest K tried and allowed"),
+        ("spatial-weight", float, "weight of pixel position next to colour (0 = colour only)"),
+        ("seed", int, "seed of every random choice (0 to 2**32-1)"),
+        ("min-strength", float, "knee strength (0-1) an elbow needs to count as clear"),
+        ("variance-target", float, "explained-variance share of the variance fallback"),
     ):  # fmt: skip
-        settings.add_argument(f"--{name}", type=kind, default=None)
-    settings.add_argument("--features", choices=("lab", "rgb", "hsv"), default=None)
-    settings.add_argument("--fallback", choices=("variance", "knee"), default=None)
+        settings.add_argument(f"--{name}", type=kind, default=None, help=meaning)
+    settings.add_argument(
+        "--features", choices=("lab", "rgb", "hsv"), default=None, help="colour space"
+    )
+    settings.add_argument(
+        "--fallback", choices=("variance", "knee"), default=None,
+        help="rule when there is no clear elbow",
+    )  # fmt: skip
     settings.add_argument(
         "--forget",
         nargs="+",

@@ -349,7 +349,10 @@ def _jpeg(strip: np.ndarray, max_bytes: int) -> bytes:
     return buffer.getvalue()
 
 
-def _side_by_side(tiles: list[np.ndarray], gap: int = 6) -> np.ndarray:
+_GAP = 6  # white pixels between panels
+
+
+def _side_by_side(tiles: list[np.ndarray], gap: int = _GAP) -> np.ndarray:
     height = max(t.shape[0] for t in tiles)
     space = np.full((height, gap, 3), 255, dtype=np.uint8)
     parts: list[np.ndarray] = []
@@ -361,32 +364,45 @@ def _side_by_side(tiles: list[np.ndarray], gap: int = 6) -> np.ndarray:
     return np.concatenate(parts[:-1], axis=1)
 
 
+def _panel_height(shape: tuple[int, ...], height: int, panels: int, max_width: int) -> int:
+    """The height of ``panels`` tiles of an image of ``shape`` side by side: at most
+    ``height``, and low enough that the strip (with its gaps) is at most ``max_width``."""
+    h, w = shape[:2]
+    fit = int((max_width - _GAP * (panels - 1)) / panels * h / w)
+    return max(1, min(height, fit))
+
+
 def preview_jpeg(
     original: np.ndarray,
     segmented: np.ndarray,
     labels: np.ndarray,
     *,
     height: int = 300,
+    max_width: int = 1000,
     max_bytes: int = 150_000,
 ) -> bytes:
     """A side-by-side preview, original | segmented | boundaries, as JPEG bytes.
 
-    Each panel is ``height`` pixels high (never upscaled); the boundaries are drawn on
-    the preview itself (:func:`boundaries_on`), so they stay visible however much the
-    image is reduced. The JPEG quality is lowered until the file fits ``max_bytes``,
-    small enough to embed in Dagster metadata.
+    Each panel is ``height`` pixels high (never upscaled), lower for wide images so the
+    whole strip is at most ``max_width`` pixels wide (the Dagster UI's metadata dialog
+    shows about 1,000 and cuts the rest off); the boundaries are drawn on the preview
+    itself (:func:`boundaries_on`), so they stay visible however much the image is
+    reduced. The JPEG quality is lowered until the file fits ``max_bytes``, small
+    enough to embed in Dagster metadata.
 
     Parameters
     ----------
     original, segmented : (H, W, 3) ndarray of uint8
     labels : (H, W) ndarray of int
     height : int
+    max_width : int
     max_bytes : int
 
     Returns
     -------
     bytes
     """
+    height = _panel_height(original.shape, height, 3, max_width)
     small = thumbnail(original, height=height)
     painted = thumbnail(segmented, height=height)
     lines = boundaries_on(small, _nearest(labels, small.shape[:2]))
@@ -399,11 +415,13 @@ def neighbours_jpeg(
     settings: SegmentSettings,
     *,
     height: int = 170,
+    max_width: int = 1000,
     max_bytes: int = 100_000,
 ) -> bytes:
     """Small segmentations of ``rgb`` side by side, one per set of ``centres``.
 
-    Used to show what K-1, K and K+1 would give: the image is reduced first, then
+    Used to show what K-1, K and K+1 would give: the image is reduced first (to
+    ``height`` pixels, lower if the strip would be wider than ``max_width``), then
     each reduction is segmented with the sweep's centres for that K (the same
     assignment as the full segmentation, on fewer pixels).
 
@@ -412,6 +430,7 @@ def neighbours_jpeg(
     bytes
         A JPEG of the panels, left to right in the order of ``centres``.
     """
+    height = _panel_height(rgb.shape, height, max(1, len(centres)), max_width)
     small = np.ascontiguousarray(thumbnail(rgb, height=height))
     hist = colour_histogram(small)
     tiles = [

@@ -12,11 +12,14 @@ then:
 2. launches the third image's partition from the ``segment_images`` job page (the
    "Materialize all" button, the partition picker, "Launch 1 run") and waits,
    bounded, for that run to succeed;
-3. opens that partition's events: the segmented preview and the elbow plot load as
-   images (non-zero natural size); chosen K, knee strength and row counts show the
-   values the run recorded;
-4. opens every asset's checks tab and sees its checks passed;
-5. saves a screenshot of each step in ``$KSEG_SCREENSHOT_DIR`` (default
+3. opens that partition's events: the segmented preview (three 300-px panels), the
+   neighbouring-K strip with its instructions and the 900x360 sweep plot load as
+   images at their sizes; chosen K, knee strength and row counts show the values the
+   run recorded;
+4. rebuilds the report and sees its plot across images (900x280) and its table with
+   every image;
+5. opens every asset's checks tab and sees its checks passed;
+6. saves a screenshot of each step in ``$KSEG_SCREENSHOT_DIR`` (default
    ``ci-artifacts/screenshots``) as ``ui-NN-<step>.png``, with ``ui-NN-failure.png``
    (and the server log's tail in the output) when a step fails.
 
@@ -65,6 +68,12 @@ VIEWPORT = {"width": 1440, "height": 1000}
 PRE_MATERIALISED = {"astronaut.png": "astronaut", "coffee.jpg": "coffee"}
 #: Registered only, then materialised from the UI.
 UI_FILE, UI_PHOTO = "chelsea.png", "chelsea"
+#: chelsea is 451x300: written whole, so the previews are drawn at their full sizes.
+UI_PHOTO_SIZE = 451
+#: Sizes (pixels) the previews and plots are drawn at (pipeline.render, pipeline.plots):
+#: panels at most 300 (170) px high, strips at most 1,000 px wide (the metadata dialog's).
+PREVIEW_HEIGHT, NEIGHBOURS_HEIGHT, STRIP_WIDTH = 300, 170, 1000
+ELBOW_PLOT, REPORT_PLOT = (900, 360), (900, 280)
 
 #: The pipeline's order, left to right on the lineage page.
 ORDER = [
@@ -405,7 +414,7 @@ def test_the_ui_shows_lineage_launches_a_partition_and_renders_previews(tmp_path
                     lap("lineage")
                     _finish_kseg_run(kseg_run)
                     lap("kseg-run")
-                    key = _write_photo(dev.incoming, UI_FILE, UI_PHOTO)
+                    key = _write_photo(dev.incoming, UI_FILE, UI_PHOTO, UI_PHOTO_SIZE)
                     _register(dev, key)
                     run_id = _launch_partition_from_ui(page, dev, shots, key)
                     lap("launch")
@@ -415,6 +424,8 @@ def test_the_ui_shows_lineage_launches_a_partition_and_renders_previews(tmp_path
                     lap("events")
                     _check_checks(page, dev, shots, key)
                     lap("checks")
+                    _check_report(page, dev, shots)
+                    lap("report")
                     _goto(page, f"{dev.url}/asset-groups")  # now with every image done
                     page.get_by_placeholder("Jump to…").wait_for()
                     _fold_panels(page)
@@ -544,8 +555,18 @@ def _check_partition_events(
     _open_partition_event(page, dev.url, "segmented_image", key, run_id)
     assert int(_metadata_value(page, "k")) == chosen
     dialog, preview = _open_markdown_image(page, "preview")
-    assert preview["width"] > 0 and preview["height"] > 0, preview
+    # Three panels (original, segmented, boundaries): the 3:2 photo fills the strip's width.
+    assert 0.9 * STRIP_WIDTH <= preview["width"] <= STRIP_WIDTH, preview
+    assert 200 <= preview["height"] <= PREVIEW_HEIGHT, preview
     shots.take(page, "segmented-preview")
+    dialog.get_by_role("button", name="Close").click()
+    dialog, strip = _open_markdown_image(page, "neighbouring_k")
+    # K-1, K, K+1 side by side (two panels when K is at an end of the range).
+    assert strip["height"] == NEIGHBOURS_HEIGHT and strip["width"] <= STRIP_WIDTH, strip
+    assert strip["width"] > 2 * NEIGHBOURS_HEIGHT, strip
+    dialog.get_by_text(re.compile(rf"K={chosen} \(chosen\)")).first.wait_for()
+    dialog.get_by_text("set_image_settings").first.wait_for()
+    shots.take(page, "neighbouring-k")
     dialog.get_by_role("button", name="Close").click()
 
     _open_partition_event(page, dev.url, "elbow_metrics", key, run_id)
@@ -559,13 +580,53 @@ def _check_partition_events(
     assert int(_metadata_value(page, "chosen_k")) == chosen
     assert math.isclose(float(_metadata_value(page, "knee_strength")), strength, rel_tol=1e-9)
     dialog, plot = _open_markdown_image(page, "elbow_plot")
-    assert plot["width"] > 0 and plot["height"] > 0, plot
+    assert (plot["width"], plot["height"]) == ELBOW_PLOT, plot
     shots.take(page, "elbow-plot")
     dialog.get_by_role("button", name="Close").click()
 
     _open_partition_event(page, dev.url, "segment_stats", key, run_id)
     assert int(_metadata_value(page, "dagster/row_count")) == chosen  # one row per segment
     shots.take(page, "segment-stats")
+
+
+def _check_report(page: Page, dev: DagsterDev, shots: Shots) -> None:
+    """Step 5: the report, rebuilt with the UI's image, shows its plot across images."""
+    run = dev.graphql(
+        "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {"
+        " __typename ... on LaunchRunSuccess { run { runId } } } }",
+        {
+            "p": {
+                "selector": {
+                    "repositoryLocationName": "kseg",
+                    "repositoryName": "__repository__",
+                    "jobName": "segmentation_report_job",
+                },
+            }
+        },
+    )["launchRun"]
+    assert run["__typename"] == "LaunchRunSuccess", run
+    run_id = run["run"]["runId"]
+    done = ("SUCCESS", "FAILURE", "CANCELED")
+    finished = dev.wait_for(
+        lambda: (r := _run(dev, run_id))["status"] in done and r,
+        timeout=RUN_TIMEOUT,
+        interval=1.0,
+        what=f"report run {run_id} to finish",
+    )
+    assert finished["status"] == "SUCCESS", finished
+    _goto(page, f"{dev.url}/assets/{REPORT}?view=events")
+    page.get_by_text(re.compile(rf"Materialized in run\s+{run_id[:8]}")).first.wait_for()
+    dialog, plot = _open_markdown_image(page, "across_images")
+    assert (plot["width"], plot["height"]) == REPORT_PLOT, plot
+    shots.take(page, "report-plot")
+    dialog.get_by_role("button", name="Close").click()
+    # The table is drawn inline, one row per image, every shown column whole.
+    table = _metadata_row(page, "report")
+    for image in (*PRE_MATERIALISED, UI_FILE):
+        table.get_by_role("cell", name=image, exact=True).wait_for()
+    for column in ("source_path", "status", "size", "chosen_k", "knee_strength", "reason"):
+        table.get_by_text(column, exact=True).first.wait_for()
+    shots.take(page, "report-table")
 
 
 def _check_checks(page: Page, dev: DagsterDev, shots: Shots, key: str) -> None:

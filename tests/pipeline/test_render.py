@@ -277,10 +277,23 @@ def test_the_preview_is_large_enough_to_judge_and_small_enough_to_embed(photo, n
     data = preview_jpeg(rgb, seg.segmented, seg.labels, height=300, max_bytes=150_000)
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "JPEG"
-        height = min(300, rgb.shape[0])
-        tile = round(rgb.shape[1] * height / rgb.shape[0]) if rgb.shape[0] > 300 else rgb.shape[1]
-        assert image.size == (3 * tile + 2 * 6, height)
+        width, height = image.size
+        # As high as fits: 300 px, or the whole strip 1,000 px wide (never upscaled).
+        assert width <= 1000 and height <= min(300, rgb.shape[0])
+        assert height == min(300, rgb.shape[0]) or width >= 990
+        assert height >= 150  # still large enough to judge, for every sample photo
+        tile = round(rgb.shape[1] * height / rgb.shape[0])
+        assert width == 3 * tile + 2 * 6
     assert len(data) <= 150_000, f"preview of {name} is {len(data)} bytes"
+
+
+def test_a_wide_image_gets_a_lower_preview_that_fits_the_dialog():
+    rgb = np.zeros((400, 1600, 3), dtype=np.uint8)
+    rgb[:, 800:] = 200
+    labels = (rgb[..., 0] > 0).astype(np.uint8)
+    data = preview_jpeg(rgb, rgb, labels, height=300, max_width=1000)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size[0] <= 1000 and image.size[1] == (1000 - 12) // 3 // 4
 
 
 def test_boundaries_are_drawn_against_the_image_they_cross():
