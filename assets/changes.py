@@ -32,7 +32,16 @@ import dagster as dg
 from upath import UPath
 
 from .dagster_gaps import observation
-from .incoming import IncomingImage, Look, Scan, look, sha256_file
+from .incoming import (
+    DEFAULT_MAX_FILE_BYTES,
+    IncomingImage,
+    Look,
+    Scan,
+    look,
+    not_a_file,
+    sha256_file,
+    too_large,
+)
 from .names import IMAGE_ASSETS, PARTITIONS_NAME, SETTINGS, SOURCE
 from .observations import LatestObservations, latest_observations
 from .settings import ImageSettings, ProjectSettings
@@ -155,6 +164,7 @@ def _hash_phase(
     time_budget: float,
     clock: Callable[[], float],
     started: float,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> None:
     now = clock()
     for image in images:
@@ -163,7 +173,14 @@ def _hash_phase(
         except OSError as exc:
             result.unreadable.append(f"{image.relpath} (cannot be read: {exc.strerror or exc})")
             continue
-        if before is None:  # gone since the scan (or not a regular file): not an image now
+        if before is None:  # gone since the scan, or a FIFO, a device ...: never read
+            special = not_a_file(image.path)
+            if special:
+                result.unreadable.append(f"{image.relpath} ({special})")
+            continue
+        refused = too_large(before.size, max_bytes)
+        if refused:  # refused before reading (a sparse file of terabytes costs nothing)
+            result.unreadable.append(f"{image.relpath} ({refused})")
             continue
         sha = _known_sha(observed, image.key, before)
         if sha is None:
@@ -176,13 +193,16 @@ def _hash_phase(
                 continue
             try:
                 result.hashed += 1
-                sha = sha256_file(image.path)
+                sha = sha256_file(image.path, max_bytes=max_bytes)
                 after = look(image.path)
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 reason = exc.strerror or str(exc)
                 result.unreadable.append(f"{image.relpath} (cannot be read: {reason})")
+                continue
+            except ValueError as exc:  # grew above the limit while read
+                result.unreadable.append(f"{image.relpath} ({exc})")
                 continue
             if after != before:  # changed while read: being written
                 result.waiting.append(image.key)
@@ -251,6 +271,7 @@ def survey(
         time_budget=time_budget,
         clock=clock,
         started=started,
+        max_bytes=int(storage.max_file_bytes),
     )
 
     # settings

@@ -149,15 +149,21 @@ class LocalTree:
         """
         with self.folder(parts, create=True) as folder:
             temporary = f".{name}.{uuid.uuid4().hex}.tmp"
-            fd = os.open(temporary, _CREATE, 0o666, dir_fd=folder)
             try:
-                with os.fdopen(fd, "wb") as stream:
-                    stream.write(data)
-                os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary, dir_fd=folder)
-                raise
+                fd = os.open(temporary, _CREATE, 0o666, dir_fd=folder)
+                try:
+                    with os.fdopen(fd, "wb") as stream:
+                        stream.write(data)
+                    os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temporary, dir_fd=folder)
+                    raise
+            except IsADirectoryError as exc:
+                where = self.where(parts, name)
+                raise FileTreeError(f"refusing {where}: a folder is in its place") from exc
+            except OSError as exc:  # disk full, read-only ...: name the file, not the temporary
+                raise OSError(exc.errno, exc.strerror, self.where(parts, name)) from exc
 
     def remove(self, parts: Sequence[str], name: str) -> None:
         """Remove a file (a link is removed itself, never its target); missing is fine."""

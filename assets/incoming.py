@@ -57,19 +57,24 @@ from pipeline.images import SUPPORTED_EXTENSIONS
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES",
     "KEY_PATTERN",
+    "NOT_A_FILE",
     "IncomingImage",
     "Refused",
     "Scan",
     "is_valid_partition_key",
+    "not_a_file",
     "partition_key_for",
     "read_source",
     "resolve_source",
     "scan_incoming",
     "sha256_file",
+    "too_large",
 ]
 
 #: Largest image file read (bytes); larger files are refused before reading.
 DEFAULT_MAX_FILE_BYTES = 1 << 30
+#: Why a FIFO, a device or a socket named like an image is never read.
+NOT_A_FILE = "not a regular file (a device, a FIFO or a socket)"
 
 #: Every key made by :func:`partition_key_for` matches this.
 KEY_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
@@ -311,12 +316,10 @@ def read_source(
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ValueError("not a regular file (a device, a FIFO or a socket)")
-        if info.st_size > max_bytes:
-            raise ValueError(
-                f"file has {info.st_size} bytes, above the limit of {max_bytes} "
-                "(KSEG_MAX_FILE_BYTES)"
-            )
+            raise ValueError(NOT_A_FILE)
+        refused = too_large(info.st_size, max_bytes)
+        if refused:
+            raise ValueError(refused)
         os.set_blocking(fd, True)
         chunks, total = [], 0
         while True:
@@ -339,10 +342,9 @@ def _read_remote(root: UPath, relpath: str, max_bytes: int) -> tuple[bytes, Look
     path = root / norm
     info = path.fs.info(path.path)
     seen = _remote_look(info)
-    if seen.size > max_bytes:
-        raise ValueError(
-            f"file has {seen.size} bytes, above the limit of {max_bytes} (KSEG_MAX_FILE_BYTES)"
-        )
+    refused = too_large(seen.size, max_bytes)
+    if refused:
+        raise ValueError(refused)
     with path.open("rb") as stream:
         data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -432,18 +434,52 @@ def look(path: Path | UPath) -> Look | None:
     return Look(info.st_size, str(info.st_mtime_ns), info.st_mtime)
 
 
-def sha256_file(path: Path | UPath) -> str:
-    """SHA-256 of a file (locally opened without blocking: a FIFO raises, never hangs)."""
+def not_a_file(path: Path | UPath) -> str | None:
+    """Why something the scan listed is no image file (a FIFO, a device, a socket), or
+    None if it is a regular file or gone."""
+    if isinstance(path, UPath) and not isinstance(path, pathlib.Path):
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return None if stat.S_ISREG(info.st_mode) else NOT_A_FILE
+
+
+def too_large(size: int, max_bytes: int) -> str | None:
+    """Why a file of ``size`` bytes is not read, or None if it is within ``max_bytes``."""
+    if size <= max_bytes:
+        return None
+    return f"file has {size} bytes, above the limit of {max_bytes} (KSEG_MAX_FILE_BYTES)"
+
+
+def _hash_stream(stream: Any, digest: Any, max_bytes: int | None) -> None:
+    total = 0
+    for chunk in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(chunk)
+        total += len(chunk)
+        if max_bytes is not None and total > max_bytes:
+            raise ValueError(f"file grew above the limit of {max_bytes} bytes while read")
+
+
+def sha256_file(path: Path | UPath, *, max_bytes: int | None = None) -> str:
+    """SHA-256 of a file (locally opened without blocking: a FIFO raises, never hangs).
+
+    Raises
+    ------
+    OSError
+        If it cannot be read, or is not a regular file.
+    ValueError
+        If more than ``max_bytes`` bytes are read (a file growing while it is read).
+    """
     digest = hashlib.sha256()
     if isinstance(path, UPath) and not isinstance(path, pathlib.Path):
         with path.open("rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
+            _hash_stream(stream, digest, max_bytes)
         return digest.hexdigest()
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as stream:
         if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
             raise OSError(f"{path} is not a regular file")
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
+        _hash_stream(stream, digest, max_bytes)
     return digest.hexdigest()

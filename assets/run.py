@@ -30,18 +30,31 @@ import dagster as dg
 from pipeline.errors import KsegError
 
 from .changes import plan, survey
+from .incoming import DEFAULT_MAX_FILE_BYTES
 from .instance import open_instance
 from .names import BATCH_SIZE, LAUNCHED_BY_TAG, PARTITIONS_NAME, REPORT
 from .partitions import batches, run_tags_for
 from .settings import ProjectSettings
-from .storage import DEFAULT_INCOMING, DEFAULT_STORE, INCOMING_ENV, STORE_ENV, KsegStorage
+from .storage import (
+    DEFAULT_INCOMING,
+    DEFAULT_STORE,
+    INCOMING_ENV,
+    MAX_FILE_ENV,
+    STORE_ENV,
+    KsegStorage,
+)
 
 __all__ = ["RunSummary", "build_report", "fail_abandoned_runs", "materialise", "run_command"]
 
 _QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 _HOST = socket.gethostname()
 _TAG = {LAUNCHED_BY_TAG: "kseg-run", "kseg/host": _HOST, "kseg/pid": str(os.getpid())}
-_UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+# A kseg run starts each run it creates at once: one NOT_STARTED is abandoned too.
+_UNFINISHED = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 
 def _alive(pid: int) -> bool:
@@ -79,6 +92,15 @@ def fail_abandoned_runs(instance: dg.DagsterInstance) -> list[str]:
             )
             failed.append(run.run_id)
     return failed
+
+
+def _max_file_bytes(env: Mapping[str, str]) -> int:
+    raw = env.get(MAX_FILE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_FILE_BYTES
+    if not raw.isdigit() or int(raw) < 1:
+        raise KsegError(f"{MAX_FILE_ENV} must be a positive number of bytes, got {raw!r}")
+    return int(raw)
 
 
 @dataclass
@@ -235,11 +257,12 @@ def run_command(
     out = out or sys.stdout
     err = err or sys.stderr
     started = time.perf_counter()
-    storage = KsegStorage(
-        incoming_dir=incoming or env.get(INCOMING_ENV) or DEFAULT_INCOMING,
-        store_root=store_root or env.get(STORE_ENV) or DEFAULT_STORE,
-    )
     try:
+        storage = KsegStorage(
+            incoming_dir=incoming or env.get(INCOMING_ENV) or DEFAULT_INCOMING,
+            store_root=store_root or env.get(STORE_ENV) or DEFAULT_STORE,
+            max_file_bytes=_max_file_bytes(env),
+        )
         project = project or ProjectSettings.from_env(env)
         storage.check_layout()
     except KsegError as exc:
@@ -266,6 +289,13 @@ def run_command(
         summary.images = len(found.scan.images)
         summary.errors += [f"{found.scan.root / r.relpath}: {r.reason}" for r in found.scan.refused]
         summary.errors += [f"{found.scan.root}/{line}" for line in found.unreadable]
+        relpaths = {image.key: image.relpath for image in found.scan.images}
+        summary.errors += [
+            f"{found.scan.root / relpaths[key]}: changed while it was read (still being "
+            "written?); run kseg run again once it is complete"
+            for key in found.waiting
+            if key in relpaths
+        ]
         known = set(found.registered)
         instance.add_dynamic_partitions(
             PARTITIONS_NAME, [key for key in found.files if key not in known]

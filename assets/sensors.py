@@ -164,10 +164,12 @@ class TickReport:
     def summary(self) -> str:
         """One line for the tick's log."""
         found = self.survey.summary() if self.survey is not None else "no survey"
-        return f"{found}; {len(self.added)} partition(s) added, {len(self.deleted)} removed" + (
-            f", {len(self.deferred_deletions)} removal(s) deferred"
-            if self.deferred_deletions
-            else ""
+        deferred = len(self.deferred_deletions)
+        held = len(self.held_deletions)
+        return (
+            f"{found}; {len(self.added)} partition(s) added, {len(self.deleted)} removed"
+            + (f", {deferred} removal(s) deferred" if deferred else "")
+            + (f", {held} removal(s) held: most images vanished at once" if held else "")
         )
 
 
@@ -217,7 +219,8 @@ def _delete(
     removed = []
     for key in found.deleted:
         if not is_valid_partition_key(key):  # registered from outside: no file can map to it
-            log.warning(f"removing partition {key!r}: no kseg image can have this key")
+            shown = repr(key[:80]) + (f" ({len(key)} characters)" if len(key) > 80 else "")
+            log.warning(f"removing partition {shown}: no kseg image can have this key")
             removed.append(key)
             continue
         try:

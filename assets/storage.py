@@ -600,6 +600,12 @@ class KsegStorage(dg.ConfigurableResource):
         "larger files are refused before reading.",
     )
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Refuse, before a run touches any file, a store and an incoming folder that
+        overlap (see :meth:`check_layout`); a sensor tick says so in its skip reason."""
+        if context.run is not None:
+            self.check_layout()
+
     def store(self) -> Store:
         """The output store under :attr:`store_root`."""
         return Store(self.store_root)
@@ -663,7 +669,18 @@ def _env_or_default(name: str, default: str) -> str:
 
 
 def default_storage() -> KsegStorage:
-    """The resource the code location uses: environment variables, else the defaults."""
+    """The resource the code location uses: environment variables, else the defaults.
+
+    Raises
+    ------
+    KsegError
+        If the store and the incoming folder overlap: the code location does not load.
+    """
+    problem = layout_problem(
+        os.environ.get(INCOMING_ENV) or DEFAULT_INCOMING, os.environ.get(STORE_ENV) or DEFAULT_STORE
+    )
+    if problem:
+        raise KsegError(f"{problem} (the kseg code location does not load)")
     max_bytes = (
         dg.EnvVar.int(MAX_FILE_ENV) if MAX_FILE_ENV in os.environ else DEFAULT_MAX_FILE_BYTES
     )

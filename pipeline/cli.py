@@ -225,9 +225,14 @@ def segment_command(args: argparse.Namespace) -> int:
     0 when every image was segmented, 1 when some failed (each failure is one line
     on stderr naming the file and the reason), 2 for invalid settings.
     """
+    from .errors import SettingsError
     from .settings import SegmentSettings
 
     try:
+        if args.max_pixels < 1:  # refused before any image, like every other setting
+            raise SettingsError(
+                "max_pixels", f"must be a positive integer, got {args.max_pixels!r}"
+            )
         settings = SegmentSettings(
             k_min=args.k_min, k_max=args.k_max, features=args.features,
             spatial_weight=args.spatial_weight, seed=args.seed, k_override=args.k,

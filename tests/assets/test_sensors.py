@@ -77,9 +77,9 @@ def hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     read: list[str] = []
     real = changes.sha256_file
 
-    def counting(path: Path) -> str:
+    def counting(path: Path, **bounds) -> str:
         read.append(path.name)
-        return real(path)
+        return real(path, **bounds)
 
     monkeypatch.setattr(changes, "sha256_file", counting)
     return read
@@ -325,10 +325,10 @@ def test_an_unreadable_file_is_reported_once_and_never_taken_for_deleted(
     put(incoming, "b.png", b"b")
     real_sha, real_look = changes.sha256_file, changes.look
 
-    def refuse_b(path: Path) -> str:
+    def refuse_b(path: Path, **bounds) -> str:
         if path.name == "b.png":
             raise PermissionError(13, "Permission denied")
-        return real_sha(path)
+        return real_sha(path, **bounds)
 
     def refuse_a(path: Path):
         if path.name == "a.png":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -41,18 +42,23 @@ def without_file_permission_override() -> list[str] | None:
 
 
 def tree_snapshot(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, tuple[str, int]]:
-    """Relative path -> (sha256 or 'dir'/'link', mtime_ns) of everything under ``root``."""
+    """Relative path -> (sha256 or 'dir'/'link'/kind, mtime_ns) of everything under ``root``
+    but ``skip``; never opening a FIFO or a device, nor reading a huge (sparse) file whole."""
     found = {}
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = [d for d in dirnames if here / d not in skip]
         for name in dirnames + filenames:
             path = here / name
+            if path in skip:
+                continue
             st = path.lstat()
-            if path.is_symlink():
+            if stat.S_ISLNK(st.st_mode):
                 kind = "link:" + os.readlink(path)
-            elif path.is_dir():
+            elif stat.S_ISDIR(st.st_mode):
                 kind = "dir"
+            elif not stat.S_ISREG(st.st_mode) or st.st_size > 1 << 26:
+                kind = f"mode {stat.S_IFMT(st.st_mode):o}, {st.st_size} bytes"
             else:
                 try:
                     kind = hashlib.sha256(path.read_bytes()).hexdigest()
