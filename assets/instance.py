@@ -37,7 +37,8 @@ run_coordinator:
   class: QueuedRunCoordinator
   config:
     dequeue_interval_seconds: 1
-# Runs whose process died (kill -9, a lost machine) are marked failed by the daemon.
+# Runs stuck starting are marked failed by the daemon (the default run launcher cannot
+# see a killed run worker; `kseg run` fails the runs a killed `kseg run` left behind).
 run_monitoring:
   enabled: true
   poll_interval_seconds: 30

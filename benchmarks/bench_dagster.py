@@ -183,6 +183,9 @@ def runs_summary(home: Path, since: float) -> dict[str, float]:
         "wait": sum(waits),
         "run": sum(durations),
         "events": events,
+        # Wall-clock stamps: the first run created, the last run ended.
+        "first_created": min((r.create_timestamp.timestamp() for r in records), default=since),
+        "last_end": max((r.end_time for r in records if r.end_time), default=since),
     }
 
 
@@ -226,14 +229,14 @@ def main(argv: list[str] | None = None) -> int:
             instance.add_dynamic_partitions("images", keys)
             instance.dispose()
             print("first backfill ...", flush=True)
-            mark = time.time()
+            first_mark = time.time()
             first = backfill(dev, keys)
-            first_runs = runs_summary(dev.home, mark)
+            first_runs = runs_summary(dev.home, first_mark)
             store_files = {p: p.stat().st_mtime_ns for p in dev.store.rglob("*") if p.is_file()}
             print("second backfill (unchanged) ...", flush=True)
-            mark = time.time()
+            again_mark = time.time()
             again = backfill(dev, keys)
-            again_runs = runs_summary(dev.home, mark)
+            again_runs = runs_summary(dev.home, again_mark)
             rewritten = [
                 p for p, m in store_files.items() if not p.exists() or p.stat().st_mtime_ns != m
             ]
@@ -268,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     n = len(keys)
     total = sum(engine.values())
     per_event = (first_runs["run"] - total) / max(1, first_runs["events"])
+    segmented = first_runs["last_end"] - first_mark
+    again_segmented = again_runs["last_end"] - again_mark
     lines = [
         f"images                  {n} x {args.height} px high, up to {BATCH_SIZE} per run; "
         f"Dagster's stock SQLite storage, default run launcher",
@@ -276,14 +281,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{first_runs['events']} events)",
         f"unchanged backfill      {again:8.2f} s  ({again_runs['runs']} run(s), "
         f"{again_runs['events']} events; every step a cache hit, no stored file rewritten)",
-        f"overhead                {(first - total) / first:8.1%}  (target <= 25%)",
-        f"re-materialisation      {again / first:8.1%}  of the first (target <= 10%)",
+        f"overhead                {(first - total) / first:8.1%}  (target <= 25%); "
+        f"{(segmented - total) / segmented:.1%} until the last run ended",
+        f"re-materialisation      {again / first:8.1%}  of the first (target <= 10%); "
+        f"{again_segmented / segmented:.1%} until the last run ended",
         f"drop-to-segmented       {latency:8.2f} s  (target <= 2 x {args.interval} s + engine "
         f"{one:.2f} s = {2 * args.interval + one:.2f} s)",
         "where the time went (first / unchanged backfill):",
-        f"  launch to last run end, minus run time   "
-        f"{first - first_runs['run']:6.2f} s / {again - again_runs['run']:6.2f} s "
-        "(daemon planning, run queue, run-worker start-up)",
+        f"  launch to the first run created          "
+        f"{first_runs['first_created'] - first_mark:6.2f} s / "
+        f"{again_runs['first_created'] - again_mark:6.2f} s "
+        "(the backfill daemon's next pass: it loops every 30 s)",
+        f"  run created to started                   {first_runs['wait']:6.2f} s / "
+        f"{again_runs['wait']:6.2f} s (run queue, run-worker start-up)",
+        f"  last run ended to backfill complete      "
+        f"{first_mark + first - first_runs['last_end']:6.2f} s / "
+        f"{again_mark + again - again_runs['last_end']:6.2f} s (the daemon's next pass)",
+        f"  segmented (launch to last run end)       "
+        f"{first_runs['last_end'] - first_mark:6.2f} s / "
+        f"{again_runs['last_end'] - again_mark:6.2f} s",
         f"  run time                                 {first_runs['run']:6.2f} s / "
         f"{again_runs['run']:6.2f} s",
         f"  of which engine                          {total:6.2f} s / (hits)",
