@@ -1,10 +1,11 @@
-"""Connected components of a label map, their pixel sums and their adjacency.
+"""Connected components of a label map, their pixel sums, extents and adjacency.
 
 The region stage (:mod:`pipeline.regions`) starts from the K-means clusters split into
 4-connected pieces. Everything it needs about the pieces is a sum over their pixels
 (count, colour, position) or a pair of touching pieces; this module computes both in a
 few passes over the pixels, in bounded memory (row blocks), so that the rest of the
-stage works on per-component tables only.
+stage works on per-component tables only. Centroids and bounding boxes are only needed
+for the final regions, so they are taken from the final label map.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ComponentSums", "adjacent_pairs", "component_sums", "split_components"]
+__all__ = [
+    "ComponentSums",
+    "adjacent_pairs",
+    "component_sums",
+    "label_extents",
+    "split_components",
+]
 
 # Pixels per block when summing: large enough that numpy's per-call cost vanishes,
 # small enough that the gathered colour values (block x channels x 8 bytes) stay small.
@@ -56,14 +63,10 @@ class ComponentSums:
     values : (n, C) ndarray of float64
         Sum over each component's pixels of the ``C`` per-colour values given to
         :func:`component_sums` (e.g. RGB and Lab).
-    x, y : (n,) ndarray of float64
-        Sum of the pixels' column and row indices.
     """
 
     counts: np.ndarray
     values: np.ndarray
-    x: np.ndarray
-    y: np.ndarray
 
     def grouped(self, groups: np.ndarray, n_groups: int) -> ComponentSums:
         """The sums of unions of components: ``groups[i]`` is the union holding ``i``."""
@@ -72,13 +75,24 @@ class ComponentSums:
             return np.bincount(groups, weights=column, minlength=n_groups)
 
         values = np.column_stack([add(c) for c in self.values.T]).reshape(n_groups, -1)
-        return ComponentSums(add(self.counts), values, add(self.x), add(self.y))
+        return ComponentSums(add(self.counts), values)
+
+
+def _row_blocks(height: int, width: int, n: int) -> range:
+    """Starts of blocks of whole rows: about ``_BLOCK`` pixels, and at least ``4 n`` so
+    that a ``minlength=n`` bincount never costs more than the block's own pixels."""
+    rows = max(1, min(height, max(_BLOCK, 4 * n) // max(width, 1)))
+    return range(0, height, rows)
 
 
 def component_sums(
-    components: np.ndarray, n: int, colour_index: np.ndarray, colour_values: np.ndarray
+    components: np.ndarray,
+    n: int,
+    rgb: np.ndarray,
+    colour_index: np.ndarray,
+    colour_values: np.ndarray,
 ) -> ComponentSums:
-    """Pixel count, colour sums and position sums of each component.
+    """Pixel count, RGB sums and sums of per-colour values (e.g. Lab) of each component.
 
     Parameters
     ----------
@@ -86,36 +100,98 @@ def component_sums(
         Component of each pixel, ``0 .. n-1``.
     n : int
         Number of components.
+    rgb : (H, W, 3) ndarray of uint8
+        The image (its channels are summed as they are, no lookup).
     colour_index : (H, W) ndarray of int
         Index of each pixel's colour in ``colour_values``.
     colour_values : (M, C) ndarray of float64
-        Values of each distinct colour to sum (e.g. its RGB and Lab).
+        Values of each distinct colour to sum (e.g. its Lab coordinates).
 
     Returns
     -------
     ComponentSums
+        ``values`` holds the three RGB sums, then the ``C`` others.
     """
     height, width = components.shape
-    channels = colour_values.shape[1]
-    # Whole rows per block; with many components a block is at least 4n pixels, so the
-    # minlength-n bincounts never cost more than the block's own pixels.
-    rows = max(1, min(height, max(_BLOCK, 4 * n) // max(width, 1)))
+    columns = [np.ascontiguousarray(c) for c in np.asarray(colour_values, np.float64).T]
     counts = np.zeros(n)
-    values = np.zeros((n, channels))
-    xs = np.zeros(n)
-    ys = np.zeros(n)
-    column = np.arange(width, dtype=np.float64)
-    for top in range(0, height, rows):
-        comp = components[top : top + rows]
-        flat = comp.ravel()
-        gathered = colour_values[colour_index[top : top + rows].ravel()]
+    values = np.zeros((3 + len(columns), n))
+    starts = _row_blocks(height, width, n)
+    step = starts.step
+    for top in starts:
+        flat = components[top : top + step].ravel()
         counts += np.bincount(flat, minlength=n)
-        for c in range(channels):
-            values[:, c] += np.bincount(flat, weights=gathered[:, c], minlength=n)
-        xs += np.bincount(flat, weights=np.broadcast_to(column, comp.shape).ravel(), minlength=n)
-        row_ids = np.repeat(np.arange(top, top + comp.shape[0], dtype=np.float64), width)
-        ys += np.bincount(flat, weights=row_ids, minlength=n)
-    return ComponentSums(counts, values, xs, ys)
+        pixels = rgb[top : top + step]
+        for c in range(3):
+            values[c] += np.bincount(flat, weights=pixels[..., c].ravel(), minlength=n)
+        index = colour_index[top : top + step].ravel()
+        for c, column in enumerate(columns, start=3):
+            values[c] += np.bincount(flat, weights=np.take(column, index), minlength=n)
+    return ComponentSums(counts, values.T.copy())
+
+
+def label_extents(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid and bounding box of each label, from its row and column histograms.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Labels ``0 .. n-1``, every one present.
+    n : int
+
+    Returns
+    -------
+    centroids : (n, 2) ndarray of float64
+        Mean column (x) and row (y) of each label's pixels.
+    boxes : (n, 4) ndarray of int64
+        Half-open bounding boxes ``x0, y0, x1, y1``.
+    """
+    height, width = labels.shape
+    if n * (height + width) > _BLOCK * 8:
+        return _extents_by_objects(labels, n)
+    rows = np.zeros((height, n), dtype=np.int64)  # pixels of each label in each row
+    cols = np.zeros((width, n), dtype=np.int64)
+    offsets = n * np.arange(width, dtype=np.int64)
+    starts = _row_blocks(height, width, n)
+    step = starts.step
+    for top in starts:
+        block = labels[top : top + step].astype(np.int64)
+        here = block.shape[0]
+        keys = block + (n * np.arange(here, dtype=np.int64))[:, None]
+        rows[top : top + here] = np.bincount(keys.ravel(), minlength=here * n).reshape(here, n)
+        cols += np.bincount((block + offsets).ravel(), minlength=width * n).reshape(width, n)
+    counts = rows.sum(axis=0)
+    centroids = np.column_stack(
+        [np.arange(width) @ cols / counts, np.arange(height) @ rows / counts]
+    )
+    boxes = np.column_stack(
+        [
+            np.argmax(cols > 0, axis=0),
+            np.argmax(rows > 0, axis=0),
+            width - np.argmax(cols[::-1] > 0, axis=0),
+            height - np.argmax(rows[::-1] > 0, axis=0),
+        ]
+    ).astype(np.int64)
+    return centroids, boxes
+
+
+def _extents_by_objects(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`label_extents` for many labels, where per-row histograms would be large."""
+    from scipy.ndimage import find_objects
+
+    height, width = labels.shape
+    boxes = np.array(
+        [(c.start, r.start, c.stop, r.stop) for r, c in find_objects(labels.astype(np.int32) + 1)],
+        dtype=np.int64,
+    ).reshape(n, 4)
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=n)
+    xs = np.tile(np.arange(width, dtype=np.float64), height)
+    x = np.bincount(flat, weights=xs, minlength=n)
+    del xs
+    ys = np.repeat(np.arange(height, dtype=np.float64), width)
+    y = np.bincount(flat, weights=ys, minlength=n)
+    return np.column_stack([x / counts, y / counts]), boxes
 
 
 def adjacent_pairs(components: np.ndarray, n: int) -> np.ndarray:

@@ -25,7 +25,13 @@ import numpy as np
 import pandas as pd
 
 from .colours import ColourHistogram, colour_histogram, lookup
-from .components import ComponentSums, adjacent_pairs, component_sums, split_components
+from .components import (
+    ComponentSums,
+    adjacent_pairs,
+    component_sums,
+    label_extents,
+    split_components,
+)
 from .merging import MergeSequence, cut, fold_small, unique_pairs, ward_merges
 from .render import SEGMENT_COLUMNS
 from .settings import RegionSettings
@@ -220,8 +226,7 @@ def _hierarchy(
     components, n = split_components(clusters)
     index = hist.pixel_index(rgb)
     lab = hist.features("lab")
-    values = np.column_stack([hist.colours.astype(np.float64), lab])
-    sums = component_sums(components, n, index, values)
+    sums = component_sums(components, n, rgb, index, lab)
     del index
     # The cluster of each component: every pixel of a component has the same one.
     owner = np.zeros(n, dtype=np.int64)
@@ -282,21 +287,9 @@ def _table(
         "share": counts / (shape[0] * shape[1]),
         "mean_r": mean[:, 0], "mean_g": mean[:, 1], "mean_b": mean[:, 2],
         "mean_lab_l": mean[:, 3], "mean_lab_a": mean[:, 4], "mean_lab_b": mean[:, 5],
-        "centroid_x": sums.x / counts, "centroid_y": sums.y / counts,
         "cluster": cluster,
     }  # fmt: skip
     return pd.DataFrame(frame)
-
-
-def _boxes(labels: np.ndarray, n: int) -> np.ndarray:
-    """(n, 4) half-open bounding boxes x0, y0, x1, y1 of labels ``0 .. n-1``."""
-    from scipy.ndimage import find_objects
-
-    boxes = np.zeros((n, 4), dtype=np.int64)
-    for i, found in enumerate(find_objects(labels.astype(np.int32) + 1, max_label=n)):
-        rows, cols = found
-        boxes[i] = cols.start, rows.start, cols.stop, rows.stop
-    return boxes
 
 
 def find_regions(
@@ -350,7 +343,8 @@ def find_regions(
     dtype = np.uint8 if n <= 256 else np.uint16
     labels = lookup(regions.astype(dtype), graph.components)
     table = _table(graph, regions, n, clusters.shape)
-    boxes = _boxes(labels, n)
+    centroids, boxes = label_extents(labels, n)
+    table["centroid_x"], table["centroid_y"] = centroids[:, 0], centroids[:, 1]
     for j, name in enumerate(("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")):
         table[name] = boxes[:, j]
     t2 = time.perf_counter()

@@ -7,7 +7,12 @@ import pytest
 from skimage.color import rgb2lab
 from skimage.measure import label as connected
 
-from pipeline.components import adjacent_pairs, component_sums, split_components
+from pipeline.components import (
+    adjacent_pairs,
+    component_sums,
+    label_extents,
+    split_components,
+)
 from pipeline.errors import SettingsError
 from pipeline.merging import cut, fold_small, ward_merges
 from pipeline.regions import REGION_COLUMNS, find_regions, region_hierarchy
@@ -71,15 +76,31 @@ def test_component_sums_match_direct_sums(rgb_pattern):
     rgb = rgb_pattern(30, 41)
     clusters = (rgb[..., 0] // 64).astype(np.int64)
     components, n = split_components(clusters)
-    values = rgb.reshape(-1, 3).astype(np.float64)
+    values = rgb.reshape(-1, 3).astype(np.float64) ** 2
     index = np.arange(rgb.shape[0] * rgb.shape[1]).reshape(rgb.shape[:2])
-    sums = component_sums(components, n, index, values)
-    y, x = np.mgrid[: rgb.shape[0], : rgb.shape[1]]
+    sums = component_sums(components, n, rgb, index, values)
+    assert sums.values.shape == (n, 6)
     for c in range(n):
         inside = components == c
         assert sums.counts[c] == inside.sum()
-        assert np.allclose(sums.values[c], rgb[inside].sum(axis=0))
-        assert sums.x[c] == x[inside].sum() and sums.y[c] == y[inside].sum()
+        assert np.allclose(sums.values[c, :3], rgb[inside].sum(axis=0))
+        assert np.allclose(sums.values[c, 3:], (rgb[inside].astype(float) ** 2).sum(axis=0))
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["histograms", "objects"])
+def test_label_extents_match_direct_ones(rgb_pattern, monkeypatch, many):
+    import pipeline.components
+
+    if many:  # the path for many labels, taken when the histograms would be large
+        monkeypatch.setattr(pipeline.components, "_BLOCK", 1)
+    labels = (rgb_pattern(30, 41)[..., 1] // 40).astype(np.uint8)
+    labels = np.unique(labels, return_inverse=True)[1].reshape(labels.shape)
+    n = int(labels.max()) + 1
+    centroids, boxes = label_extents(labels, n)
+    for r in range(n):
+        ys, xs = np.nonzero(labels == r)
+        assert centroids[r] == pytest.approx([xs.mean(), ys.mean()])
+        assert boxes[r].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
 def test_fold_small_sends_a_small_region_to_its_closest_neighbour():
