@@ -136,7 +136,7 @@ def label_extents(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     Parameters
     ----------
     labels : (H, W) ndarray of int
-        Labels ``0 .. n-1``, every one present.
+        Labels ``0 .. n-1`` (an absent label gets centroid 0 and an empty box).
     n : int
 
     Returns
@@ -160,7 +160,7 @@ def label_extents(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         keys = block + (n * np.arange(here, dtype=np.int64))[:, None]
         rows[top : top + here] = np.bincount(keys.ravel(), minlength=here * n).reshape(here, n)
         cols += np.bincount((block + offsets).ravel(), minlength=width * n).reshape(width, n)
-    counts = rows.sum(axis=0)
+    counts = np.maximum(rows.sum(axis=0), 1)
     centroids = np.column_stack(
         [np.arange(width) @ cols / counts, np.arange(height) @ rows / counts]
     )
@@ -180,12 +180,13 @@ def _extents_by_objects(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndar
     from scipy.ndimage import find_objects
 
     height, width = labels.shape
-    boxes = np.array(
-        [(c.start, r.start, c.stop, r.stop) for r, c in find_objects(labels.astype(np.int32) + 1)],
-        dtype=np.int64,
-    ).reshape(n, 4)
+    boxes = np.zeros((n, 4), dtype=np.int64)
+    for i, found in enumerate(find_objects(labels.astype(np.int32) + 1, max_label=n)):
+        if found is not None:
+            rows, cols = found
+            boxes[i] = cols.start, rows.start, cols.stop, rows.stop
     flat = labels.ravel()
-    counts = np.bincount(flat, minlength=n)
+    counts = np.maximum(np.bincount(flat, minlength=n), 1)
     xs = np.tile(np.arange(width, dtype=np.float64), height)
     x = np.bincount(flat, weights=xs, minlength=n)
     del xs
