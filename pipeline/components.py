@@ -112,22 +112,35 @@ def component_sums(
     ComponentSums
         ``values`` holds the three RGB sums, then the ``C`` others.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     height, width = components.shape
     columns = [np.ascontiguousarray(c) for c in np.asarray(colour_values, np.float64).T]
-    counts = np.zeros(n)
-    values = np.zeros((3 + len(columns), n))
     starts = _row_blocks(height, width, n)
     step = starts.step
-    for top in starts:
-        flat = components[top : top + step].ravel()
-        counts += np.bincount(flat, minlength=n)
-        pixels = rgb[top : top + step]
-        for c in range(3):
-            values[c] += np.bincount(flat, weights=pixels[..., c].ravel(), minlength=n)
-        index = colour_index[top : top + step].ravel()
-        for c, column in enumerate(columns, start=3):
-            values[c] += np.bincount(flat, weights=np.take(column, index), minlength=n)
-    return ComponentSums(counts, values.T.copy())
+
+    def add_up(tops: range) -> np.ndarray:
+        out = np.zeros((4 + len(columns), n))
+        for top in tops:
+            flat = components[top : top + step].ravel()
+            out[0] += np.bincount(flat, minlength=n)
+            pixels = rgb[top : top + step]
+            for c in range(3):
+                out[1 + c] += np.bincount(flat, weights=pixels[..., c].ravel(), minlength=n)
+            index = colour_index[top : top + step].ravel()
+            for c, column in enumerate(columns, start=4):
+                out[c] += np.bincount(flat, weights=np.take(column, index), minlength=n)
+        return out
+
+    # numpy's bincount and take release the GIL: two threads, each summing half the
+    # blocks, take about half the wall time on two cores (the same CPU time).
+    halves = [starts[: len(starts) // 2], starts[len(starts) // 2 :]]
+    if len(starts) < 2:
+        total = add_up(starts)
+    else:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            total = sum(pool.map(add_up, halves))
+    return ComponentSums(total[0].copy(), total[1:].T.copy())
 
 
 def label_extents(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

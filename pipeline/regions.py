@@ -18,6 +18,7 @@ nothing but the inputs and the settings.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -226,12 +227,15 @@ def _hierarchy(
     components, n = split_components(clusters)
     index = hist.pixel_index(rgb)
     lab = hist.features("lab")
-    sums = component_sums(components, n, rgb, index, lab)
-    del index
-    # The cluster of each component: every pixel of a component has the same one.
-    owner = np.zeros(n, dtype=np.int64)
-    owner[components.ravel()] = clusters.ravel()
-    pairs = adjacent_pairs(components, n)
+    # The adjacency pass runs on a thread beside the sums (numpy releases the GIL).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        touching = pool.submit(adjacent_pairs, components, n)
+        sums = component_sums(components, n, rgb, index, lab)
+        del index
+        # The cluster of each component: every pixel of a component has the same one.
+        owner = np.zeros(n, dtype=np.int64)
+        owner[components.ravel()] = clusters.ravel()
+        pairs = touching.result()
     floor = settings.min_share * clusters.size
     folded, m = fold_small(sums.counts, sums.values[:, 3:] / sums.counts[:, None], pairs, floor)
     group = sums.grouped(folded, m)

@@ -72,7 +72,12 @@ def test_adjacent_pairs_are_the_touching_pieces():
     assert adjacent_pairs(components, 5).tolist() == expected
 
 
-def test_component_sums_match_direct_sums(rgb_pattern):
+@pytest.mark.parametrize("blocks", [False, True], ids=["one-block", "two-threads"])
+def test_component_sums_match_direct_sums(rgb_pattern, monkeypatch, blocks):
+    import pipeline.components
+
+    if blocks:  # many row blocks, summed on two threads
+        monkeypatch.setattr(pipeline.components, "_BLOCK", 1)
     rgb = rgb_pattern(30, 41)
     clusters = (rgb[..., 0] // 64).astype(np.int64)
     components, n = split_components(clusters)
