@@ -223,6 +223,9 @@ def _segment_one(
         if region_settings.enabled
         else None
     )
+    # Before any output and before the PNG thread starts: its row-block sums then do not
+    # overlap the encoders' copies of the image (the command's peak memory at 12 MP).
+    segments = segment_table(image.rgb, seg.labels, hist=result.hist)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
         "segmented": out_dir / "segmented.png",
@@ -264,8 +267,7 @@ def _segment_one(
             with atomic_write(outputs["region_merges"]) as tmp:
                 pq.write_table(merges_to_arrow(regions), tmp, compression="zstd")
         with atomic_write(outputs["segments"]) as tmp:
-            table = segment_table(image.rgb, seg.labels, hist=result.hist)
-            pq.write_table(_arrow(table), tmp, compression="zstd")
+            pq.write_table(_arrow(segments), tmp, compression="zstd")
         with atomic_write(outputs["elbow"]) as tmp:
             pq.write_table(sweep_to_arrow(result.sweep), tmp, compression="zstd")
         plot = elbow_plot_png(result.sweep.table, result.choice)
