@@ -2,8 +2,11 @@
 
 For each image it writes, into ``OUT/<image stem>/``: ``segmented.png``,
 ``labels.png``, ``overlay.png``, ``segments.parquet``, ``elbow.parquet``,
-``elbow.png`` and, last, ``summary.json``. Every file is written atomically, so an
-interrupted run never leaves a half-written file under its final name.
+``elbow.png``, the regions (unless ``--no-regions``: ``regions.png``,
+``regions_overlay.png``, ``regions.parquet``, ``region_merges.parquet``) and, last,
+``summary.json``. Everything is computed before the first file is written, and every
+file is written atomically, so a bad image leaves no file behind and an interrupted
+run never leaves a half-written file under its final name.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from .errors import KsegError
 
-__all__ = ["add_segment_arguments", "segment_command"]
+__all__ = ["add_segment_arguments", "region_settings_from", "segment_command"]
 
 
 def _k_arg(value: str) -> int | None:
@@ -85,6 +88,7 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.variance_target,
         help="explained-variance share for the 'variance' fallback",
     )
+    _add_region_arguments(parser)
     parser.add_argument(
         "--max-pixels",
         type=int,
@@ -97,6 +101,81 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
         help="print a JSON array (one object per image) instead of a table",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _add_region_arguments(parser: argparse.ArgumentParser) -> None:
+    from .settings import REGION_SOURCES, STOP_FALLBACKS, RegionSettings
+
+    d = RegionSettings()
+    group = parser.add_argument_group(
+        "regions", "connected regions merged from the clusters (see pipeline/regions.py)"
+    )
+    group.add_argument(
+        "--no-regions",
+        dest="regions_enabled",
+        action="store_false",
+        help="do not make regions (no regions.* files, no region count)",
+    )
+    group.add_argument(
+        "--region-source",
+        default=d.source,
+        choices=REGION_SOURCES,
+        help="clustering the regions start from: the chosen K or the sweep's largest "
+        "(default: %(default)s)",
+    )
+    numbers = [
+        # flag, type, setting, metavar, help
+        ("--min-share", float, "min_share", "S", "size floor as a share of the image; "
+         "smaller pieces are folded into the closest-coloured neighbour"),
+        ("--max-cost", float, "max_cost", "C", "merge while a merge adds at most C to the "
+         "mean squared Lab distance per pixel"),
+        ("--stop-strength", float, "min_strength", "S",
+         "stop strength below which there is 'no clear stop'"),
+        ("--gap-span", float, "gap_span", "F",
+         "the gap fallback looks within a factor 1+F of the threshold's count"),
+        ("--min-regions", int, "min_regions", "N", "fewest regions the stopping rule may keep"),
+        ("--max-regions", int, "max_regions", "N", "most regions the stopping rule may keep"),
+    ]  # fmt: skip
+    for flag, kind, name, metavar, text in numbers:
+        group.add_argument(
+            flag,
+            type=kind,
+            default=getattr(d, name),
+            metavar=metavar,
+            help=f"{text} (default: %(default)s)",
+        )
+    group.add_argument(
+        "--stop-fallback",
+        default=d.fallback,
+        choices=STOP_FALLBACKS,
+        help="rule used when there is no clear stop (default: %(default)s)",
+    )
+    group.add_argument(
+        "--regions",
+        dest="n_regions",
+        type=_k_arg,
+        default=None,
+        metavar="auto|N",
+        help="number of regions, or 'auto' for the stopping rule (default: auto)",
+    )
+
+
+def region_settings_from(args: argparse.Namespace) -> Any:
+    """The :class:`RegionSettings` of parsed ``kseg segment`` arguments (validated).
+
+    Raises
+    ------
+    SettingsError
+        Naming the first invalid setting.
+    """
+    from .settings import RegionSettings
+
+    return RegionSettings(
+        enabled=args.regions_enabled, source=args.region_source, min_share=args.min_share,
+        max_cost=args.max_cost, min_strength=args.stop_strength, fallback=args.stop_fallback,
+        gap_span=args.gap_span, min_regions=args.min_regions, max_regions=args.max_regions,
+        n_regions=args.n_regions,
+    ).validate()  # fmt: skip
 
 
 def _printable(text: str) -> str:
@@ -120,7 +199,9 @@ def _out_dirs(paths: list[str], out: Path) -> list[Path]:
     return dirs
 
 
-def _segment_one(path: str, out_dir: Path, settings: Any, max_pixels: int) -> dict[str, Any]:
+def _segment_one(
+    path: str, out_dir: Path, settings: Any, region_settings: Any, max_pixels: int
+) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow.parquet as pq
@@ -128,14 +209,23 @@ def _segment_one(path: str, out_dir: Path, settings: Any, max_pixels: int) -> di
     from .images import load_image
     from .io import atomic_write, atomic_write_bytes
     from .plots import elbow_plot_png
-    from .render import boundary_overlay, encode_png, segment_table
-    from .segment import segment_image
+    from .regions import merges_to_arrow
+    from .render import boundaries_on, boundary_overlay, encode_png, segment_table
+    from .segment import image_regions, segment_image
     from .sweep import sweep_to_arrow
 
     started = time.perf_counter()
     image = load_image(path, max_pixels=max_pixels)
     result = segment_image(image.rgb, settings)
     seg = result.segmentation
+    regions = (
+        image_regions(image.rgb, result, settings, region_settings)
+        if region_settings.enabled
+        else None
+    )
+    # Before any output and before the PNG thread starts: its row-block sums then do not
+    # overlap the encoders' copies of the image (the command's peak memory at 12 MP).
+    segments = segment_table(image.rgb, seg.labels, hist=result.hist)
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
         "segmented": out_dir / "segmented.png",
@@ -144,8 +234,15 @@ def _segment_one(path: str, out_dir: Path, settings: Any, max_pixels: int) -> di
         "segments": out_dir / "segments.parquet",
         "elbow": out_dir / "elbow.parquet",
         "elbow_plot": out_dir / "elbow.png",
-        "summary": out_dir / "summary.json",
     }
+    if regions is not None:
+        outputs |= {
+            "regions": out_dir / "regions.png",
+            "regions_overlay": out_dir / "regions_overlay.png",
+            "regions_table": out_dir / "regions.parquet",
+            "region_merges": out_dir / "region_merges.parquet",
+        }
+    outputs["summary"] = out_dir / "summary.json"
 
     def write_png(name: str, make: Any) -> None:
         atomic_write_bytes(outputs[name], encode_png(make()))
@@ -158,15 +255,28 @@ def _segment_one(path: str, out_dir: Path, settings: Any, max_pixels: int) -> di
             pool.submit(write_png, "labels", lambda: seg.labels),
             pool.submit(write_png, "overlay", lambda: boundary_overlay(image.rgb, seg.labels)),
         ]
+        if regions is not None:
+            pngs += [
+                pool.submit(write_png, "regions", lambda: regions.labels),
+                pool.submit(
+                    write_png, "regions_overlay", lambda: boundaries_on(image.rgb, regions.labels)
+                ),
+            ]
+            with atomic_write(outputs["regions_table"]) as tmp:
+                pq.write_table(_arrow(regions.table), tmp, compression="zstd")
+            with atomic_write(outputs["region_merges"]) as tmp:
+                pq.write_table(merges_to_arrow(regions), tmp, compression="zstd")
         with atomic_write(outputs["segments"]) as tmp:
-            table = segment_table(image.rgb, seg.labels, hist=result.hist)
-            pq.write_table(_arrow(table), tmp, compression="zstd")
+            pq.write_table(_arrow(segments), tmp, compression="zstd")
         with atomic_write(outputs["elbow"]) as tmp:
             pq.write_table(sweep_to_arrow(result.sweep), tmp, compression="zstd")
         plot = elbow_plot_png(result.sweep.table, result.choice)
         atomic_write_bytes(outputs["elbow_plot"], plot)
         for done in pngs:
             done.result()
+    stages = dict(result.seconds)
+    if regions is not None:
+        stages["regions"] = sum(regions.seconds.values())
     table = result.sweep.table
     at_k = (
         table.loc[table["k_effective"] == seg.k].iloc[0]
@@ -189,13 +299,29 @@ def _segment_one(path: str, out_dir: Path, settings: Any, max_pixels: int) -> di
         "wcss": result.sweep.wcss,
         "explained_variance": None if at_k is None else float(at_k["explained_variance"]),
         "wcss_at_k": seg.wcss,
+        "n_regions": None if regions is None else regions.n_regions,
+        "regions": None if regions is None else _region_summary(regions),
         "image_notes": list(image.notes),
         "seconds": round(time.perf_counter() - started, 3),
-        "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+        "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
         "outputs": {k: str(v) for k, v in outputs.items()},
     }
     atomic_write_bytes(outputs["summary"], json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _region_summary(regions: Any) -> dict[str, Any]:
+    choice = regions.choice
+    return {
+        "count": regions.n_regions,
+        "rule": choice.rule,
+        "reason": choice.reason,
+        "strength": round(choice.strength, 4),
+        "threshold_regions": choice.threshold_regions,
+        "detail": choice.detail,
+        "components": regions.n_components,
+        "folded": regions.n_folded,
+    }
 
 
 def _arrow(frame: Any) -> Any:
@@ -207,15 +333,16 @@ def _arrow(frame: Any) -> Any:
 def _print_table(rows: list[dict[str, Any]]) -> None:
     print(
         f"{'image':<32} {'size':>11} {'colours':>8} {'K':>3} {'strength':>8}  "
-        f"{'reason':<15} {'s':>6}"
+        f"{'reason':<15} {'regions':>7} {'s':>6}"
     )
     for r in rows:
         size = f"{r['width']}x{r['height']}"
         name = _printable(r["image"])
         name = name if len(name) <= 32 else "…" + name[-31:]
+        regions = "-" if r["n_regions"] is None else r["n_regions"]
         print(
             f"{name:<32} {size:>11} {r['n_colours']:>8} {r['k']:>3} "
-            f"{r['knee_strength']:>8.2f}  {r['reason']:<15} {r['seconds']:>6.2f}"
+            f"{r['knee_strength']:>8.2f}  {r['reason']:<15} {regions:>7} {r['seconds']:>6.2f}"
         )
 
 
@@ -233,6 +360,7 @@ def segment_command(args: argparse.Namespace) -> int:
             raise SettingsError(
                 "max_pixels", f"must be a positive integer, got {args.max_pixels!r}"
             )
+        region_settings = region_settings_from(args)
         settings = SegmentSettings(
             k_min=args.k_min, k_max=args.k_max, features=args.features,
             spatial_weight=args.spatial_weight, seed=args.seed, k_override=args.k,
@@ -248,7 +376,7 @@ def segment_command(args: argparse.Namespace) -> int:
         if not args.quiet and len(args.images) > 1:
             print(f"[{i}/{len(args.images)}] {path}", file=sys.stderr, flush=True)
         try:
-            rows.append(_segment_one(path, out_dir, settings, args.max_pixels))
+            rows.append(_segment_one(path, out_dir, settings, region_settings, args.max_pixels))
         except KsegError as exc:
             failed += 1
             print(f"kseg: error: {exc}", file=sys.stderr, flush=True)

@@ -91,15 +91,12 @@ def _lightness_order(mean_rgb: np.ndarray, present: np.ndarray) -> np.ndarray:
 def _segment_sums(
     rgb: np.ndarray, labels: np.ndarray, hist: ColourHistogram, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixel count, mean RGB and mean Lab of each label, exact, via colour pairs."""
-    index = hist.pixel_index(rgb).ravel().astype(np.int64)
-    pair = np.bincount(index * k + labels.ravel(), minlength=hist.n_colours * k)
-    pair = pair.reshape(hist.n_colours, k).astype(np.float64)
-    counts = pair.sum(axis=0)
-    safe = np.maximum(counts, 1)[:, None]
-    mean_rgb = pair.T @ hist.colours.astype(np.float64) / safe
-    mean_lab = pair.T @ hist.features("lab") / safe
-    return counts, mean_rgb, mean_lab
+    """Pixel count, mean RGB and mean Lab of each label, exact, in row blocks."""
+    from .components import component_sums
+
+    sums = component_sums(labels, k, rgb, hist.pixel_index(rgb), hist.features("lab"))
+    mean = sums.values / np.maximum(sums.counts, 1)[:, None]
+    return sums.counts, mean[:, :3], mean[:, 3:]
 
 
 def segment(
@@ -224,16 +221,13 @@ def segment_table(
         Columns of :data:`SEGMENT_COLUMNS`. Bounding boxes are half-open
         (``x1``, ``y1`` exclusive); components use 4-connectivity.
     """
-    height, width = labels.shape
+    from .components import label_extents
+
     k = int(labels.max()) + 1
     hist = colour_histogram(rgb) if hist is None else hist
     counts, mean_rgb, mean_lab = _segment_sums(rgb, labels, hist, k)
-    lab64 = labels.astype(np.int64)
-    rows = np.bincount((lab64 + k * np.arange(height)[:, None]).ravel(), minlength=height * k)
-    cols = np.bincount((lab64 + k * np.arange(width)[None, :]).ravel(), minlength=width * k)
-    rows = rows.reshape(height, k)
-    cols = cols.reshape(width, k)
-    safe = np.maximum(counts, 1)
+    # Row blocks throughout: whole-image int64 keys cost 300 MB at 12 megapixels.
+    centroids, boxes = label_extents(labels, k)
     n_components = _component_counts(labels, k)
     records = {
         "label": np.arange(k, dtype=np.int64),
@@ -241,12 +235,9 @@ def segment_table(
         "share": counts / labels.size,
         "mean_r": mean_rgb[:, 0], "mean_g": mean_rgb[:, 1], "mean_b": mean_rgb[:, 2],
         "mean_lab_l": mean_lab[:, 0], "mean_lab_a": mean_lab[:, 1], "mean_lab_b": mean_lab[:, 2],
-        "centroid_x": (np.arange(width) @ cols) / safe,
-        "centroid_y": (np.arange(height) @ rows) / safe,
-        "bbox_x0": np.argmax(cols > 0, axis=0),
-        "bbox_y0": np.argmax(rows > 0, axis=0),
-        "bbox_x1": width - np.argmax(cols[::-1] > 0, axis=0),
-        "bbox_y1": height - np.argmax(rows[::-1] > 0, axis=0),
+        "centroid_x": centroids[:, 0], "centroid_y": centroids[:, 1],
+        "bbox_x0": boxes[:, 0], "bbox_y0": boxes[:, 1],
+        "bbox_x1": boxes[:, 2], "bbox_y1": boxes[:, 3],
         "n_components": n_components,
     }  # fmt: skip
     return pd.DataFrame(records, columns=list(SEGMENT_COLUMNS))
@@ -330,10 +321,11 @@ def boundaries_on(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     wide = edge.copy()
     wide[1:, :] |= edge[:-1, :]
     wide[:, 1:] |= edge[:, :-1]
-    luminance = rgb @ np.array([0.299, 0.587, 0.114])
     out = np.array(rgb, copy=True)
-    out[wide & (luminance >= 128)] = 0
-    out[wide & (luminance < 128)] = 255
+    # Luminance of the boundary pixels only: a float copy of the whole image would be
+    # 288 MB at 12 megapixels.
+    luminance = out[wide] @ np.array([0.299, 0.587, 0.114])
+    out[wide] = np.where(luminance >= 128, 0, 255).astype(np.uint8)[:, None]
     return out
 
 

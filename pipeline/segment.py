@@ -9,11 +9,19 @@ import numpy as np
 
 from .colours import ColourHistogram, colour_histogram
 from .elbow import ElbowChoice, choose_k
+from .regions import Regions, find_regions
 from .render import Segmentation, segment
-from .settings import SegmentSettings
+from .settings import RegionSettings, SegmentSettings
 from .sweep import SweepResult, sweep
 
-__all__ = ["SegmentationResult", "centres_for", "choose_for_sweep", "segment_image"]
+__all__ = [
+    "SegmentationResult",
+    "centres_for",
+    "choose_for_sweep",
+    "image_regions",
+    "region_clusters",
+    "segment_image",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,3 +97,69 @@ def segment_image(rgb: np.ndarray, settings: SegmentSettings) -> SegmentationRes
         hist=hist,
         seconds={"sweep": t1 - t0, "choice": t2 - t1, "segment": t3 - t2},
     )
+
+
+def region_clusters(
+    rgb: np.ndarray,
+    result: SweepResult,
+    chosen_labels: np.ndarray,
+    settings: SegmentSettings,
+    region_settings: RegionSettings,
+    *,
+    hist: ColourHistogram | None = None,
+) -> np.ndarray:
+    """The K-means label map the regions start from (``region_settings.source``).
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) ndarray of uint8
+    result : SweepResult
+        The image's sweep (its centres give the finest clustering).
+    chosen_labels : (H, W) ndarray of int
+        The segmentation's labels at the chosen K (:attr:`Segmentation.labels`).
+    settings : SegmentSettings
+    region_settings : RegionSettings
+    hist : ColourHistogram, optional
+
+    Returns
+    -------
+    (H, W) ndarray of int
+        ``chosen_labels`` itself for ``source="chosen"``; for ``"finest"``, the labels
+        of the sweep's largest K.
+    """
+    if region_settings.source == "chosen":
+        return chosen_labels
+    finest = int(result.table["k_effective"].max())
+    return segment(rgb, centres_for(result, finest), settings, hist=hist).labels
+
+
+def image_regions(
+    rgb: np.ndarray,
+    result: SegmentationResult,
+    settings: SegmentSettings,
+    region_settings: RegionSettings,
+) -> Regions:
+    """The regions of an image segmented by :func:`segment_image`.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) ndarray of uint8
+    result : SegmentationResult
+    settings : SegmentSettings
+        The settings ``result`` was made with.
+    region_settings : RegionSettings
+
+    Returns
+    -------
+    Regions
+
+    Raises
+    ------
+    SettingsError
+        If a region setting is invalid.
+    """
+    region_settings.validate()
+    clusters = region_clusters(
+        rgb, result.sweep, result.segmentation.labels, settings, region_settings, hist=result.hist
+    )
+    return find_regions(rgb, clusters, region_settings, hist=result.hist)

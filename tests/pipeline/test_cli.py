@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from pipeline.images import load_image
+from pipeline.regions import MERGE_COLUMNS, REGION_COLUMNS
 from pipeline.render import SEGMENT_COLUMNS
 from pipeline.sweep import sweep_from_arrow
 
@@ -27,9 +28,17 @@ OUTPUT_FILES = {
     "segments.parquet",
     "elbow.parquet",
     "elbow.png",
+    "regions.png",
+    "regions_overlay.png",
+    "regions.parquet",
+    "region_merges.parquet",
     "summary.json",
 }
-JSON_KEYS = {"image", "k", "reason", "knee_strength", "k_values", "wcss", "seconds", "outputs"}
+JSON_KEYS = {
+    "image", "k", "reason", "knee_strength", "k_values", "wcss", "seconds", "outputs",
+    "n_regions", "regions",
+}  # fmt: skip
+REGION_FILES = {"regions.png", "regions_overlay.png", "regions.parquet", "region_merges.parquet"}
 MAGENTA = np.array([255, 0, 255], dtype=np.uint8)
 
 
@@ -154,6 +163,33 @@ def test_output_folder_contents(batch, index):
         image.verify()
 
 
+@pytest.mark.parametrize("index", [0, 1], ids=["png", "jpeg"])
+def test_region_outputs(batch, index):
+    image_path = batch["good"][index]
+    folder = batch["out"] / image_path.stem
+    summary = json.loads((folder / "summary.json").read_text())
+    rgb = load_image(image_path).rgb
+    height, width = rgb.shape[:2]
+    regions = read_png(folder / "regions.png")
+    n = summary["n_regions"]
+    assert summary["regions"]["count"] == n >= 1
+    assert regions.shape == (height, width) and regions.dtype == np.uint8
+    np.testing.assert_array_equal(np.unique(regions), np.arange(n))
+    table = pq.read_table(folder / "regions.parquet").to_pandas()
+    assert list(table.columns) == list(REGION_COLUMNS)
+    np.testing.assert_array_equal(table["pixel_count"], np.bincount(regions.ravel()))
+    merges = pq.read_table(folder / "region_merges.parquet").to_pandas()
+    assert list(merges.columns) == list(MERGE_COLUMNS)
+    assert merges.loc[merges["chosen"], "regions"].tolist() == [n]
+    assert merges["regions"].iloc[0] == summary["regions"]["folded"]
+    lines = read_png(folder / "regions_overlay.png")
+    edge = np.zeros((height, width), dtype=bool)
+    edge[:, :-1] |= regions[:, :-1] != regions[:, 1:]
+    edge[:-1, :] |= regions[:-1, :] != regions[1:, :]
+    assert np.isin(lines[edge], [0, 255]).all()  # boundaries black or white
+    assert (lines != rgb).any(axis=-1).sum() >= edge.sum() // 2
+
+
 def test_fixed_k(tmp_path, photo):
     image = tmp_path / "chelsea.png"
     Image.fromarray(photo("chelsea", 96)).save(image)
@@ -201,6 +237,62 @@ def test_invalid_setting_exits_2_naming_the_field(tmp_path, photo):
     assert "k_min" in errors[0]
     assert proc.stdout == ""
     assert not (tmp_path / "out").exists()
+
+
+def test_no_regions_writes_no_region_files(tmp_path, photo):
+    image = tmp_path / "coffee.png"
+    Image.fromarray(photo("coffee", 64)).save(image)
+    proc = run_kseg(image, "--out", tmp_path / "out", "--no-regions", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    assert row["n_regions"] is None and row["regions"] is None
+    names = {p.name for p in (tmp_path / "out" / "coffee").iterdir()}
+    assert names == OUTPUT_FILES - REGION_FILES
+
+
+def test_region_options_reach_the_regions(tmp_path, photo):
+    image = tmp_path / "coffee.png"
+    Image.fromarray(photo("coffee", 64)).save(image)
+    proc = run_kseg(
+        image, "--out", tmp_path / "out", "--regions", "3", "--region-source", "finest",
+        "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    assert row["n_regions"] == 3 and row["regions"]["rule"] == "override"
+    assert np.unique(read_png(tmp_path / "out" / "coffee" / "regions.png")).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--min-share", "0.5"], "min_share"),
+        (["--max-cost", "-1"], "max_cost"),
+        (["--min-regions", "9", "--max-regions", "3"], "min_regions"),
+    ],
+)
+def test_invalid_region_setting_exits_2_and_writes_nothing(tmp_path, photo, args, field):
+    image = tmp_path / "coffee.png"
+    Image.fromarray(photo("coffee", 32)).save(image)
+    proc = run_kseg(image, "--out", tmp_path / "out", *args)
+    assert proc.returncode == 2
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1 and repr(field) in errors[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_shows_the_region_defaults():
+    proc = subprocess.run(
+        [sys.executable, "-m", "assets.cli", "segment", "--help"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    text = " ".join(proc.stdout.split())
+    for flag, default in [
+        ("--min-share", "0.005"), ("--max-cost", "10.0"), ("--stop-strength", "0.5"),
+        ("--stop-fallback", "gap"), ("--region-source", "chosen"), ("--max-regions", "100"),
+    ]:  # fmt: skip
+        assert flag in text and f"(default: {default})" in text, flag
+    assert "--no-regions" in text
 
 
 def test_pipeline_never_imports_dagster(tmp_path, photo):

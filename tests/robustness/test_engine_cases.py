@@ -33,6 +33,10 @@ CLI_FILES = {
     "segments.parquet",
     "elbow.parquet",
     "elbow.png",
+    "regions.png",
+    "regions_overlay.png",
+    "regions.parquet",
+    "region_merges.parquet",
     "summary.json",
 }
 NOT_UTF8 = os.fsdecode(b"latin1-caf\xe9.png")  # a name whose bytes are not UTF-8
