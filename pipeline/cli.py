@@ -54,8 +54,12 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="auto|N",
         help="number of segments, or 'auto' to choose at the elbow (default)",
     )
-    parser.add_argument("--k-min", type=int, default=d.k_min, help="smallest K to consider")
-    parser.add_argument("--k-max", type=int, default=d.k_max, help="largest K to consider")
+    parser.add_argument(
+        "--k-min", type=int, default=d.k_min, help="smallest K to consider (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--k-max", type=int, default=d.k_max, help="largest K to consider (default: %(default)s)"
+    )
     parser.add_argument(
         "--features",
         default=d.features,
@@ -67,33 +71,35 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=d.spatial_weight,
         metavar="W",
-        help="weight of pixel position features (0: colour only)",
+        help="weight of pixel position features, 0 = colour only (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    parser.add_argument(
+        "--seed", type=int, default=d.seed, help="random seed, 0 to 2**32-1 (default: %(default)s)"
+    )
     parser.add_argument(
         "--min-strength",
         type=float,
         default=d.min_strength,
-        help="elbow strength below which there is 'no clear elbow'",
+        help="elbow strength below which there is 'no clear elbow' (default: %(default)s)",
     )
     parser.add_argument(
         "--fallback",
         default=d.fallback,
         choices=("variance", "knee"),
-        help="rule used when there is no clear elbow",
+        help="rule used when there is no clear elbow (default: %(default)s)",
     )
     parser.add_argument(
         "--variance-target",
         type=float,
         default=d.variance_target,
-        help="explained-variance share for the 'variance' fallback",
+        help="explained-variance share for the 'variance' fallback (default: %(default)s)",
     )
     _add_region_arguments(parser)
     parser.add_argument(
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
-        help="refuse images with more pixels than this",
+        help="refuse images with more pixels than this (default: %(default)s)",
     )
     parser.add_argument(
         "--json",
@@ -197,6 +203,56 @@ def _out_dirs(paths: list[str], out: Path) -> list[Path]:
         seen[stem] = seen.get(stem, 0) + 1
         dirs.append(out / (stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"))
     return dirs
+
+
+#: Modules the engine imports lazily, at first use (so that ``kseg --help`` is quick).
+_ENGINE_MODULES = (
+    "kneed",
+    "matplotlib.figure",
+    "matplotlib.backends.backend_agg",
+    "pyarrow.parquet",
+    "scipy.ndimage",
+    "scipy.sparse.csgraph",
+    "skimage.color",
+    "skimage.measure",
+    "sklearn.cluster",
+    "sklearn.metrics",
+    "threadpoolctl",
+)
+
+
+def _import_engine() -> None:
+    """Import what the engine imports lazily, once, before the first image is timed."""
+    import importlib
+
+    from PIL import Image
+    from skimage.color import rgb2lab  # scikit-image loads a submodule at first access
+    from skimage.measure import label
+
+    for name in _ENGINE_MODULES:
+        importlib.import_module(name)
+    Image.preinit()  # Pillow's common format plugins
+    del rgb2lab, label
+    import pandas as pd
+    import pyarrow as pa
+
+    pa.Table.from_pandas(pd.DataFrame({"x": [0]}))  # loads pyarrow's pandas support
+
+
+def _unusable_out(out: Path) -> str | None:
+    """Why ``out`` cannot take the outputs (None if it can): checked before computing."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        return "is not a folder"
+    existing = out
+    while not existing.exists():  # the nearest folder that exists must be writable
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write to {existing} (permission denied)"
+    return None
 
 
 def _segment_one(
@@ -370,6 +426,11 @@ def segment_command(args: argparse.Namespace) -> int:
     except KsegError as exc:
         print(f"kseg: error: {exc}", file=sys.stderr)
         return 2
+    problem = _unusable_out(args.out)
+    if problem:  # before any compute: nothing is lost by failing now
+        print(f"kseg: error: --out {args.out}: {problem}", file=sys.stderr)
+        return 2
+    _import_engine()  # so that no image's seconds include the imports
     rows, failed = [], 0
     dirs = _out_dirs(args.images, args.out)
     for i, (path, out_dir) in enumerate(zip(args.images, dirs, strict=True), start=1):

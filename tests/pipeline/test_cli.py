@@ -335,3 +335,75 @@ def test_pipeline_never_imports_dagster(tmp_path, photo):
     result = json.loads(line.removeprefix("RESULT "))
     assert result["modules"] >= 13
     assert result["dagster"] == []
+
+
+def test_help_shows_every_default():
+    result = subprocess.run(
+        [sys.executable, "-m", "assets.cli", "segment", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for option, default in (
+        ("--k-min", "2"), ("--k-max", "12"), ("--seed", "0"), ("--min-strength", "0.45"),
+        ("--variance-target", "0.8"), ("--fallback", "variance"), ("--spatial-weight", "0.0"),
+        ("--features", "lab"), ("--max-pixels", "100000000"),
+    ):  # fmt: skip
+        described = text.split(f"{option} ", 2)[-1]  # after the usage line's mention
+        assert f"(default: {default})" in described.split(" --")[0], (option, described[:120])
+
+
+@pytest.mark.parametrize("kind", ["file", "below_a_file"])
+def test_an_out_that_cannot_be_a_folder_fails_first_in_one_line(tmp_path, photo, kind):
+    image = tmp_path / "a.png"
+    Image.fromarray(photo("coffee", 48)).save(image)
+    blocker = tmp_path / "taken"
+    blocker.write_bytes(b"not a folder")
+    out = blocker if kind == "file" else blocker / "sub"
+    result = run_kseg(image, "--out", out)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"kseg: error: --out {out}: "
+        + ("is not a folder" if kind == "file" else f"{blocker} is not a folder")
+    ]
+    assert result.stdout == "" and blocker.read_bytes() == b"not a folder"
+
+
+def test_the_timed_work_imports_nothing(tmp_path, photo):
+    # An image's seconds must be its work, not the engine's lazy imports (they made the
+    # first image of a run look 3-4x slower than the next): once kseg segment has
+    # imported the engine, segmenting an image imports no third-party module.
+    image = tmp_path / "a.png"
+    Image.fromarray(photo("coffee", 64)).save(image)
+    code = textwrap.dedent(
+        f"""
+        import argparse, json, sys
+        from pipeline import cli
+        parser = argparse.ArgumentParser()
+        cli.add_segment_arguments(parser)
+        args = parser.parse_args([{str(image)!r}, "--out", {str(tmp_path / "out")!r}, "--quiet"])
+        cli._import_engine()
+        before = set(sys.modules)
+        assert cli.segment_command(args) == 0
+        local = ("pipeline", "assets", "_")
+        print(json.dumps(sorted(m for m in set(sys.modules) - before if not m.startswith(local))))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    added = json.loads(result.stdout.strip().splitlines()[-1])
+    third_party = [m for m in added if m.split(".")[0] not in sys.stdlib_module_names]
+    assert third_party == [], third_party
+
+
+def test_samples_into_a_path_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_bytes(b"x")
+    result = subprocess.run(
+        [sys.executable, "-m", "assets.cli", "samples", str(blocker / "in")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"kseg samples: error: cannot write to {blocker / 'in'}"), line
