@@ -40,7 +40,17 @@ from pathlib import Path
 
 from pipeline.errors import KsegError
 
-__all__ = ["DeployError", "Ports", "ServiceStatus", "Stack", "down", "missing", "status", "up"]
+__all__ = [
+    "DeployError",
+    "Ports",
+    "ServiceStatus",
+    "Stack",
+    "down",
+    "missing",
+    "s3_client",
+    "status",
+    "up",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "deploy"
@@ -371,22 +381,36 @@ def _redis_ready(ports: Ports) -> bool:
 
 
 @contextlib.contextmanager
-def _s3(ports: Ports, secret: dict):
+def s3_client(env: dict[str, str], *, timeout: float = 60.0):
+    """A botocore S3 client of the stack whose client environment is ``env``.
+
+    ``env`` is :attr:`Stack.env` (the ``AWS_*`` variables of ``stack.env``).
+    """
     import botocore.session
     from botocore.config import Config
 
     client = botocore.session.get_session().create_client(
         "s3",
-        region_name="us-east-1",
-        endpoint_url=f"http://{HOST}:{ports.s3}",
-        aws_access_key_id=secret["s3_key"],
-        aws_secret_access_key=secret["s3_secret"],
-        config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1}),
+        region_name=env["AWS_DEFAULT_REGION"],
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        config=Config(connect_timeout=2, read_timeout=timeout, retries={"max_attempts": 1}),
     )
     try:
         yield client
     finally:
         client.close()
+
+
+def _s3(ports: Ports, secret: dict):
+    env = {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{HOST}:{ports.s3}",
+        "AWS_ACCESS_KEY_ID": secret["s3_key"],
+        "AWS_SECRET_ACCESS_KEY": secret["s3_secret"],
+    }
+    return s3_client(env, timeout=10)
 
 
 def _s3_buckets(ports: Ports, secret: dict, *, create: bool = False) -> bool:
@@ -503,6 +527,10 @@ def _client_env(folder: Path, ports: Ports, secret: dict, workers: int) -> dict[
         "AWS_SECRET_ACCESS_KEY": secret["s3_secret"],
         "AWS_ENDPOINT_URL": f"http://{HOST}:{ports.s3}",
         "AWS_DEFAULT_REGION": "us-east-1",
+        # One image per run: the run queue's per-image limit sees every run's image
+        # (dagster/partition), and a backfill's images spread over the workers.
+        "KSEG_BATCH_SIZE": "1",
+        "KSEG_WEBSERVER_URL": f"http://{HOST}:{ports.webserver}",
     }
 
 
@@ -722,6 +750,7 @@ def up(
     ports: Ports | None = None,
     *,
     workspace: str | os.PathLike[str] | None = None,
+    environment: dict[str, str] | None = None,
     timeout: float = 240.0,
 ) -> Stack:
     """Start the stack in ``folder`` and wait until every service answers.
@@ -739,6 +768,9 @@ def up(
     workspace : path, optional
         The ``workspace.yaml`` the daemon and webserver load (default: the repository's,
         the kseg code location).
+    environment : dict, optional
+        More variables for every service and client (e.g. ``KSEG_*`` settings such as
+        the sensors' intervals); they override the stack's own.
     timeout : float
         Seconds for the whole stack to answer.
 
@@ -779,7 +811,7 @@ def up(
     if os.geteuid() == 0:
         folder.chmod(folder.stat().st_mode | 0o711)  # Postgres's account enters it
     secret = _secrets(folder)
-    client = _client_env(folder, ports, secret, workers)
+    client = {**_client_env(folder, ports, secret, workers), **(environment or {})}
     state = {
         "boot": _boot_id(),
         "ports": dataclasses.asdict(ports),
