@@ -201,3 +201,26 @@ def messages(stack: deploy.Stack, run_id: str) -> list[tuple[str, str]]:
 def s3_client(stack: deploy.Stack) -> contextlib.AbstractContextManager[Any]:
     """A botocore S3 client of ``stack`` (a context manager)."""
     return deploy.s3_client(stack.env)
+
+
+ACTIVE = """
+{
+  runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED]}) {
+    ... on Runs { results { runId } }
+  }
+}
+"""
+
+
+def wait_idle(stack: deploy.Stack, quiet: int = 3) -> None:
+    """Wait until no run is queued or in progress for ``quiet`` looks in a row, 2 s apart.
+
+    kseg's code location shares the stack: its automation may still be running
+    follow-up runs that hold worker slots.
+    """
+    deadline, calm = time.monotonic() + RUN_TIMEOUT, 0
+    while calm < quiet:
+        runs = graphql(stack, ACTIVE)["runsOrError"]["results"]
+        calm = 0 if runs else calm + 1
+        assert time.monotonic() < deadline, f"runs still active: {runs}"
+        time.sleep(2)

