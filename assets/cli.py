@@ -51,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
         dest="all_",
         help="materialise every image (unchanged steps are cache hits)",
     )
+    run.add_argument(
+        "--submit",
+        action="store_true",
+        help="enqueue the runs in the run queue of a Dagster deployment (its webserver, "
+        "--webserver) instead of running them here",
+    )
+    run.add_argument(
+        "--webserver",
+        default=None,
+        metavar="URL",
+        help="with --submit: the webserver (default: $KSEG_WEBSERVER_URL or http://127.0.0.1:3000)",
+    )
     settings = sub.add_parser(
         "settings", help="show or change images' own settings (they override the project's)",
         description="Show or change the own settings of images (partition keys, or paths "
@@ -89,6 +101,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="incoming folder (default: $KSEG_INCOMING_DIR or data/incoming)",
     )
+    deploy = sub.add_parser(
+        "deploy", help="start, stop or show the local distributed stack (deploy/README.md)",
+        description="The distributed profile on this machine, on 127.0.0.1 only: Postgres, "
+        "Redis, a SeaweedFS S3 server, Celery workers, the Dagster daemon and webserver, each "
+        "with its own data folder under the stack folder.",
+    )  # fmt: skip
+    deploy.add_argument("action", choices=("up", "down", "status"))
+    deploy.add_argument(
+        "--folder",
+        default=None,
+        metavar="DIR",
+        help="the stack's folder (default: $KSEG_STACK_DIR or /var/tmp/kseg-stack); it must be "
+        "reachable by the postgres account when run as root",
+    )
+    deploy.add_argument("--workers", type=int, default=2, help="Celery workers (default 2)")
     ui = sub.add_parser(
         "ui", help="open the Dagster UI (`dg dev`) on the project's instance",
         description="Run `dg dev` (Dagster's webserver and daemon) with DAGSTER_HOME set to "
@@ -118,6 +145,33 @@ def _ui(port: int) -> int:
     return 0  # not reached: execv replaces this process
 
 
+def _deploy(action: str, folder: str | None, workers: int) -> int:
+    import os
+
+    from assets import deploy
+
+    where = folder or os.environ.get("KSEG_STACK_DIR") or "/var/tmp/kseg-stack"
+    try:
+        if action == "up":
+            stack = deploy.up(where, workers=workers)
+            print(f"kseg deploy: the stack is up in {stack.folder}; UI on {stack.url}")
+            print(f"kseg deploy: for clients: set -a; . {stack.folder / 'stack.env'}; set +a")
+        elif action == "down":
+            stopped = deploy.down(where)
+            print(f"kseg deploy: stopped {', '.join(stopped) or 'nothing (it was not running)'}")
+        else:
+            report = deploy.status(where)
+            for service in report:
+                print(service)
+            if not report:
+                print(f"kseg deploy: no stack runs in {where}")
+            return 0 if report and all(service.answering for service in report) else 1
+    except deploy.DeployError as exc:
+        print(f"kseg deploy: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kseg`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -140,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
             return 1
         return 0
+    if args.command == "deploy":
+        return _deploy(args.action, args.folder, args.workers)
     if args.command == "ui":
         return _ui(args.port)
     if args.command == "settings":
@@ -148,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         return settings_command(args)
     from assets.run import run_command
 
-    return run_command(incoming=args.incoming, all_=args.all_)
+    return run_command(
+        incoming=args.incoming, all_=args.all_, submit=args.submit, webserver=args.webserver
+    )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ import dagster as dg
 
 from pipeline.settings import SegmentSettings
 
-from .automation import build_automation_sensor
+from .automation import build_automation_sensor, positive_int_env
 from .jobs import JOBS
+from .names import BATCH_ENV, BATCH_SIZE
 from .report import segmentation_report
 from .schedules import build_resegmentation_schedule
 from .sensors import build_failed_batch_sensor, build_incoming_images_sensor
@@ -62,7 +63,11 @@ def build_defs(
         The project settings. Default: the ``KSEG_*`` environment variables, else
         kseg's defaults (validated here: an invalid variable stops the code location
         from loading, naming every bad one).
+
+    Runs of backfills, automation and the schedule take up to ``$KSEG_BATCH_SIZE``
+    images each (default :data:`~assets.names.BATCH_SIZE`).
     """
+    batch_size = positive_int_env(BATCH_ENV, BATCH_SIZE)
     if settings is None:
         project = ProjectSettings.from_env()
     elif isinstance(settings, ProjectSettings):
@@ -72,7 +77,7 @@ def build_defs(
     return dg.Definitions(
         assets=[
             observe_sources,
-            *(step_asset(step) for step in STEPS.values()),
+            *(step_asset(step, batch_size=batch_size) for step in STEPS.values()),
             segmentation_report,
         ],
         jobs=JOBS,
@@ -87,7 +92,7 @@ def build_defs(
             build_automation_sensor(),
             build_failed_batch_sensor(),
         ],
-        schedules=[build_resegmentation_schedule()],
+        schedules=[build_resegmentation_schedule(batch_size=batch_size)],
         # Runs automation requests use the implicit asset job: in process, like
         # segment_images, instead of Dagster's default subprocess per step.
         executor=dg.in_process_executor,

@@ -13,7 +13,13 @@ device put in a stored file's place is refused too (opened without blocking, the
 checked to be a regular file). The root itself is resolved once.
 
 :class:`RemoteTree` does the same operations through universal-pathlib for fsspec
-URLs (``s3://``, ``memory://``, ...), where there are no links to follow.
+URLs (``s3://``, ``memory://``, ...), where there are no links to follow. On an object
+store a PUT is atomic (an object, even a multipart upload, is visible only once
+complete), so files are written under their own name in one request; other fsspec
+file systems get a temporary name and a rename, as local folders do. Listings and
+sizes are always asked of the server: fsspec caches listings in a long-lived process
+(the daemon's code server) for ever, and objects other processes wrote would stay
+unseen.
 """
 
 from __future__ import annotations
@@ -31,7 +37,10 @@ from upath import UPath
 
 from pipeline.errors import KsegError
 
-__all__ = ["FileTreeError", "LocalTree", "RemoteTree"]
+__all__ = ["ATOMIC_PUT_PROTOCOLS", "FileTreeError", "LocalTree", "RemoteTree", "fresh"]
+
+#: fsspec protocols whose writes become visible whole or not at all (object stores).
+ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -232,11 +241,20 @@ class LocalTree:
             os.close(fd)  # releases the lock
 
 
+def fresh(path: UPath) -> UPath:
+    """``path``, with fsspec's cached listings of it (and its folder) dropped."""
+    path.fs.invalidate_cache(path.path)
+    return path
+
+
 class RemoteTree:
-    """Files below an fsspec URL (no links exist there; renames are the store's)."""
+    """Files below an fsspec URL (no links exist there)."""
 
     def __init__(self, root: UPath) -> None:
         self.root = root
+        protocols = root.fs.protocol
+        protocols = (protocols,) if isinstance(protocols, str) else tuple(protocols)
+        self.atomic_put = bool(ATOMIC_PUT_PROTOCOLS.intersection(protocols))
 
     def _path(self, parts: Sequence[str], name: str | None = None) -> UPath:
         path = self.root
@@ -255,12 +273,15 @@ class RemoteTree:
 
     def size(self, parts: Sequence[str], name: str) -> int | None:
         try:
-            return int(self._path(parts, name).stat().st_size)
+            return int(fresh(self._path(parts, name)).stat().st_size)
         except (FileNotFoundError, NotADirectoryError):
             return None
 
     def write(self, parts: Sequence[str], name: str, data: bytes) -> None:
         target = self._path(parts, name)
+        if self.atomic_put:  # one PUT: readers see the old object or the new, whole
+            target.write_bytes(data)
+            return
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
         try:
@@ -277,12 +298,12 @@ class RemoteTree:
 
     def names(self, parts: Sequence[str]) -> list[str]:
         try:
-            return [entry.name for entry in self._path(parts).iterdir()]
+            return [entry.name for entry in fresh(self._path(parts)).iterdir()]
         except (FileNotFoundError, NotADirectoryError):
             return []
 
     def exists(self, parts: Sequence[str], name: str) -> bool:
-        return self._path(parts, name).exists()
+        return fresh(self._path(parts, name)).exists()
 
     def remove_temporaries(self, parts: Sequence[str]) -> None:
         for name in self.names(parts):
@@ -290,9 +311,10 @@ class RemoteTree:
                 self.remove(parts, name)
 
     def move(self, parts: Sequence[str], name: str, to_parts: Sequence[str], to_name: str) -> None:
-        source, target = self._path(parts, name), self._path(to_parts, to_name)
+        source, target = fresh(self._path(parts, name)), self._path(to_parts, to_name)
         target.parent.mkdir(parents=True, exist_ok=True)
         source.fs.mv(source.path, target.path, recursive=True)
+        fresh(source)
 
     @contextlib.contextmanager
     def lock(self, parts: Sequence[str], name: str, timeout: float) -> Iterator[None]:

@@ -358,6 +358,7 @@ def is_remote(root: str | os.PathLike[str]) -> bool:
 
 
 def _scan_remote(root: UPath) -> Scan:
+    root.fs.invalidate_cache(root.path)  # a cached listing would hide new objects for ever
     if not root.exists():
         raise FileNotFoundError(f"incoming folder {str(root)!r} does not exist")
     prefix = root.path.rstrip("/") + "/"
@@ -421,6 +422,7 @@ def look(path: Path | UPath) -> Look | None:
     """
     if isinstance(path, UPath) and not isinstance(path, pathlib.Path):
         try:
+            path.fs.invalidate_cache(path.path)  # ask the server, not a cached listing
             info = path.fs.info(path.path)
         except FileNotFoundError:
             return None

@@ -5,6 +5,7 @@ in :mod:`assets.steps`; this module only holds the names that several modules sh
 """
 
 __all__ = [
+    "BATCH_ENV",
     "BATCH_SIZE",
     "CHOSEN",
     "ELBOW",
@@ -54,6 +55,11 @@ GROUP_REPORT = "report"
 
 #: Most partitions one run covers when a backfill (or ``kseg run``) takes many images.
 BATCH_SIZE = 50
+#: Environment variable that changes :data:`BATCH_SIZE`. The distributed profile sets
+#: 1: every run is then one image, tagged ``dagster/partition``, which the run queue's
+#: per-image limit sees (a range run is tagged with its ends only, so the limit cannot
+#: see its images), and the images of a backfill spread over all workers.
+BATCH_ENV = "KSEG_BATCH_SIZE"
 
 #: Dagster's run tags for one partition and for a range of partitions.
 PARTITION_TAG = "dagster/partition"

@@ -11,6 +11,10 @@
    again image by image (as the ``failed_batch_sensor`` does for the daemon's runs), so
    one bad file costs only its own image. Then rebuild the report.
 
+With ``--submit`` (:mod:`assets.submit`), step 3 enqueues the runs in the run queue of
+a Dagster deployment (the webserver of ``$KSEG_WEBSERVER_URL``) instead, and the
+command returns once they are queued; the deployment's automation rebuilds the report.
+
 Runs are recorded in the project's instance (:mod:`assets.instance`), so ``kseg ui``
 shows them. A bad file, or a failed check, prints one line on stderr and makes the exit
 status 1; the other images are still processed.
@@ -43,6 +47,7 @@ from .storage import (
     STORE_ENV,
     KsegStorage,
 )
+from .submit import submit_runs, webserver_url
 
 __all__ = ["RunSummary", "build_report", "fail_abandoned_runs", "materialise", "run_command"]
 
@@ -218,6 +223,8 @@ def run_command(
     instance: dg.DagsterInstance | None = None,
     project: ProjectSettings | None = None,
     batch_size: int = BATCH_SIZE,
+    submit: bool = False,
+    webserver: str | None = None,
     environ: Mapping[str, str] | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
@@ -239,7 +246,11 @@ def run_command(
     project : ProjectSettings, optional
         The project settings (default: the ``KSEG_*`` environment variables).
     batch_size : int
-        Partitions per run.
+        Partitions per run (in process; ``--submit`` takes ``$KSEG_BATCH_SIZE``).
+    submit : bool
+        Enqueue the runs on the deployment of ``webserver`` instead of executing them.
+    webserver : str, optional
+        Its URL (default ``$KSEG_WEBSERVER_URL``, else http://127.0.0.1:3000).
     environ : mapping, optional
         The environment to read (default ``os.environ``).
     out, err : text streams
@@ -309,6 +320,24 @@ def run_command(
         for event in found.events:
             if event.partition not in summary.planned:
                 instance.report_runless_asset_event(event)
+        if submit:
+            order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
+            url = webserver or webserver_url(env)
+            try:
+                summary.runs = submit_runs(order, summary.planned, url=url, environ=env)
+            except KsegError as exc:
+                print(f"kseg run: error: {exc}", file=err)
+                return 2
+            for message in summary.errors:
+                print(f"kseg run: error: {message}", file=err)
+            print(
+                f"kseg run: queued {len(summary.runs)} run(s) for {len(summary.planned)} "
+                f"image(s) of {summary.images} in the run queue of {url}",
+                file=out,
+            )
+            for run_id in summary.runs:
+                print(f"kseg run: queued {run_id}", file=out)
+            return 1 if summary.errors else 0
         defs = build_defs(storage, project)
         if summary.planned:
             runs, errors, checks = materialise(

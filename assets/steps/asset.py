@@ -32,10 +32,7 @@ from ..settings import ProjectSettings
 from ..storage import KsegStorage, Store
 from .base import Inputs, Outcome, SourceFile, Step, run_image
 
-__all__ = ["POLICY", "step_asset"]
-
-#: Batches of at most BATCH_SIZE images per run, for backfills and automation alike.
-POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=BATCH_SIZE)
+__all__ = ["step_asset"]
 
 
 def _deps(step: Step) -> list[str]:
@@ -171,8 +168,15 @@ def _process(
     return outcome, _observe_changes(step, outcome, source, image.version, image.own, observed)
 
 
-def step_asset(step: Step) -> dg.AssetsDefinition:
-    """The Dagster asset (one op) of a per-image step."""
+def step_asset(step: Step, *, batch_size: int = BATCH_SIZE) -> dg.AssetsDefinition:
+    """The Dagster asset (one op) of a per-image step.
+
+    Backfills and automation alike run at most ``batch_size`` images per run. With 1
+    the asset has no backfill policy: Dagster then makes one run per partition tagged
+    ``dagster/partition`` (with a policy, even a one-image run is tagged as a range),
+    the tag the distributed profile's per-image run limit keys on.
+    """
+    policy = None if batch_size == 1 else dg.BackfillPolicy.multi_run(batch_size)
     spec = dg.AssetSpec(
         step.asset,
         deps=_deps(step),
@@ -194,7 +198,7 @@ def step_asset(step: Step) -> dg.AssetsDefinition:
         specs=[spec],
         check_specs=_check_specs(step),
         partitions_def=IMAGES,
-        backfill_policy=POLICY,
+        backfill_policy=policy,
         can_subset=True,
         description=step.description,
     )

@@ -219,3 +219,75 @@ def test_the_instance_defaults_to_dagster_home_or_the_project_folder(
     assert project_home() == PROJECT_ROOT / ".dagster_home"
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))
     assert project_home() == tmp_path / "elsewhere"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_submit_registers_the_images_and_names_a_webserver_that_does_not_answer(
+    incoming: Path, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    key = write_image(incoming, "a.png")
+    url = f"http://127.0.0.1:{_free_port()}"
+    out, err = io.StringIO(), io.StringIO()
+    code = run_command(
+        str(incoming),
+        store_root=str(tmp_path / "store"),
+        instance=instance,
+        submit=True,
+        webserver=url,
+        environ={},
+        out=out,
+        err=err,
+    )
+    assert code == 2
+    (line,) = err.getvalue().splitlines()
+    assert line.startswith(f"kseg run: error: no Dagster webserver answers at {url}")
+    assert instance.get_dynamic_partitions("images") == [key]  # registered before submitting
+    assert instance.get_runs() == []  # nothing ran here
+    assert not (tmp_path / "store" / "images").exists()
+
+
+def test_submit_refuses_a_webserver_that_is_not_a_url(
+    incoming: Path, tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    write_image(incoming, "a.png")
+    err = io.StringIO()
+    code = run_command(
+        str(incoming), store_root=str(tmp_path / "store"), instance=instance, submit=True,
+        webserver="127.0.0.1:3000", environ={}, out=io.StringIO(), err=err,
+    )  # fmt: skip
+    assert code == 2
+    assert "KSEG_WEBSERVER_URL: '127.0.0.1:3000' is not an http(s) URL" in err.getvalue()
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 50), ("1", None), ("7", 7)])
+def test_the_batch_size_of_backfills_follows_kseg_batch_size(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: int | None
+) -> None:
+    from assets.definitions import build_defs
+
+    if value is None:
+        monkeypatch.delenv("KSEG_BATCH_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("KSEG_BATCH_SIZE", value)
+    defs = build_defs()
+    for asset in IMAGE_ASSETS:
+        policy = defs.resolve_assets_def(asset).backfill_policy
+        if expected is None:  # one run per image, tagged dagster/partition
+            assert policy is None, asset
+        else:
+            assert policy.max_partitions_per_run == expected, asset
+
+
+def test_an_invalid_batch_size_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from assets.definitions import build_defs
+
+    monkeypatch.setenv("KSEG_BATCH_SIZE", "0")
+    with pytest.raises(ValueError, match="KSEG_BATCH_SIZE must be a positive integer, got '0'"):
+        build_defs()
