@@ -34,7 +34,7 @@ from pipeline.cli import _segment_one
 from pipeline.errors import ImageError
 from pipeline.images import LoadedImage, decode_image
 from pipeline.render import decode_png
-from pipeline.settings import SegmentSettings
+from pipeline.settings import RegionSettings, SegmentSettings
 from tests.mutations import mutate, mutation
 
 MAX_PIXELS = 4096
@@ -225,7 +225,9 @@ _MUTATION = mutation(max_insert=8, max_delete=16)
 
 
 SETTINGS = SegmentSettings(k_min=2, k_max=4)
-OUTPUTS = {"segmented", "labels", "overlay", "segments", "elbow", "elbow_plot", "summary"}
+REGIONS = RegionSettings()  # the default: regions are made too
+OUTPUTS = {"segmented", "labels", "overlay", "segments", "elbow", "elbow_plot", "summary",
+           "regions", "regions_overlay", "regions_table", "region_merges"}  # fmt: skip
 
 
 @settings(FUZZ, max_examples=80)
@@ -243,7 +245,7 @@ def test_mutated_files_through_the_whole_engine(seed: str, mutations, repair: bo
         path.write_bytes(data)
         out = Path(folder) / "out"
         try:
-            summary = _segment_one(str(path), out / "fuzz", SETTINGS, MAX_PIXELS)
+            summary = _segment_one(str(path), out / "fuzz", SETTINGS, REGIONS, MAX_PIXELS)
         except ImageError as err:
             assert err.path == str(path) and "\n" not in str(err)
             assert not out.exists()  # a refused file writes nothing
@@ -256,4 +258,6 @@ def test_mutated_files_through_the_whole_engine(seed: str, mutations, repair: bo
         assert labels.shape == (summary["height"], summary["width"])
         assert 1 <= summary["k"] <= min(SETTINGS.k_max, summary["n_colours"])
         assert pq.read_table(out / "fuzz" / "segments.parquet").num_rows == summary["k"]
+        regions = decode_png((out / "fuzz" / "regions.png").read_bytes())
+        assert regions.shape == labels.shape and int(regions.max()) + 1 == summary["n_regions"]
         assert json.loads((out / "fuzz" / "summary.json").read_text()) == summary
