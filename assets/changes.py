@@ -139,7 +139,7 @@ class Survey:
 def settings_observation(key: str, image: ImageSettings) -> dg.AssetObservation:
     """The observation of an image's effective settings."""
     metadata = {
-        "settings": dg.MetadataValue.json(image.settings.to_dict()),
+        "settings": dg.MetadataValue.json(image.values),
         "own": ", ".join(sorted(image.own)) or "none",
     }
     return observation(SETTINGS, key, image.version, metadata)
@@ -342,7 +342,8 @@ def plan(result: Survey, store: Store, *, verify: bool = True) -> Plan:
     """
     out = Plan()
     for key, state in result.files.items():
-        expected = chain_keys(state.sha256, result.settings[key].settings)
+        image = result.settings[key]
+        expected = chain_keys(state.sha256, image.settings, image.regions)
         found_any = False
         stale = None
         for asset in IMAGE_ASSETS:

@@ -18,6 +18,8 @@ __all__ = [
     "check_feature_rows",
     "check_k_in_range",
     "check_labels",
+    "check_region_table",
+    "check_regions_connected",
     "check_report_coverage",
     "check_wcss_non_increasing",
     "feature_rows_from_parquet",
@@ -116,20 +118,83 @@ def check_k_in_range(k: int, settings: SegmentSettings, *, capped: bool = False)
     )
 
 
-def check_labels(labels: np.ndarray, height: int, width: int, k: int) -> CheckOutcome:
-    """Label map of shape ``(height, width)`` whose labels are exactly ``0..k-1``."""
+def check_labels(
+    labels: np.ndarray,
+    height: int,
+    width: int,
+    k: int,
+    *,
+    name: str = "labels_match_image",
+    what: str = "labels",
+) -> CheckOutcome:
+    """Label map of shape ``(height, width)`` whose labels are exactly ``0..k-1``.
+
+    ``name`` and ``what`` name the check and the labels (the region map's check is
+    the same test on its regions).
+    """
     problems = []
     if labels.shape != (int(height), int(width)):
         problems.append(f"shape {labels.shape}, image is {(int(height), int(width))}")
     present = np.unique(labels)
     if present.size != int(k) or not np.array_equal(present, np.arange(int(k))):
         shown = present[:10].tolist()
-        problems.append(f"labels {shown}{'...' if present.size > 10 else ''}, expected 0..{k - 1}")
+        problems.append(f"{what} {shown}{'...' if present.size > 10 else ''}, expected 0..{k - 1}")
     return CheckOutcome(
-        "labels_match_image",
+        name,
         not problems,
-        "; ".join(problems) or f"{height}x{width} labels, exactly 0..{k - 1}",
-        {"labels_present": int(present.size), "k": int(k)},
+        "; ".join(problems) or f"{height}x{width} {what}, exactly 0..{k - 1}",
+        {f"{what}_present": int(present.size), "k" if what == "labels" else f"n_{what}": int(k)},
+    )
+
+
+def check_regions_connected(labels: np.ndarray, n_regions: int) -> CheckOutcome:
+    """Every region of a region map is one 4-connected piece.
+
+    A map whose ``n_regions`` labels are all present is 4-connected region by region
+    exactly when it has ``n_regions`` 4-connected components.
+    """
+    from pipeline.components import split_components
+
+    _, pieces = split_components(labels)
+    passed = pieces == int(n_regions)
+    text = (
+        f"all {n_regions} regions are 4-connected"
+        if passed
+        else f"{pieces} 4-connected pieces for {n_regions} regions: some region is split"
+    )
+    return CheckOutcome(
+        "regions_connected", passed, text, {"pieces": int(pieces), "n_regions": int(n_regions)}
+    )
+
+
+def check_region_table(table: Any, labels: np.ndarray) -> CheckOutcome:
+    """The region table has one row per region of ``labels``, numbered ``0..N-1`` in
+    order, each with the region's exact pixel count.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The region table (columns ``region`` and ``pixel_count`` at least).
+    labels : (H, W) ndarray of int
+        The region map.
+    """
+    counts = np.bincount(labels.ravel().astype(np.int64)) if labels.size else np.zeros(0)
+    n = counts.size
+    regions = table["region"].to_numpy()
+    pixels = table["pixel_count"].to_numpy()
+    problems = []
+    if len(table) != n:
+        problems.append(f"{len(table)} rows for {n} regions in the map")
+    elif not np.array_equal(regions, np.arange(n)):
+        problems.append("rows are not numbered 0..N-1 in order")
+    elif not np.array_equal(pixels, counts):
+        wrong = int(np.count_nonzero(pixels != counts))
+        problems.append(f"{wrong} region(s) with a pixel count unlike the map's")
+    return CheckOutcome(
+        "regions_match_table",
+        not problems,
+        "; ".join(problems) or f"{n} rows, one per region, pixel counts match the map",
+        {"rows": len(table), "n_regions": int(n)},
     )
 
 

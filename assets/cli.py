@@ -88,12 +88,34 @@ def _parser() -> argparse.ArgumentParser:
         "--fallback", choices=("variance", "knee"), default=None,
         help="rule when there is no clear elbow",
     )  # fmt: skip
+    regions = settings.add_argument_group("regions (as kseg segment's options)")
+    regions.add_argument(
+        "--regions", dest="n_regions", default=None, metavar="N|auto",
+        help="a fixed number of regions ('auto': back to the merge curve's stop)",
+    )  # fmt: skip
+    for name, kind, meaning in (
+        ("max-cost", float, "merge while a merge adds at most this per pixel (Lab, squared)"),
+        ("min-share", float, "size floor of a region, as a share of the image"),
+        ("stop-strength", float, "strength (0-1) a stop needs to count as clear"),
+        ("gap-span", float, "how far the gap fallback looks around the threshold's count"),
+        ("min-regions", int, "fewest regions the stop may keep"),
+        ("max-regions", int, "most regions the stop may keep"),
+    ):  # fmt: skip
+        regions.add_argument(f"--{name}", type=kind, default=None, help=meaning)
+    regions.add_argument(
+        "--stop-fallback", choices=("gap", "threshold"), default=None,
+        help="rule when the merge curve has no clear stop",
+    )  # fmt: skip
+    regions.add_argument(
+        "--region-source", choices=("chosen", "finest"), default=None,
+        help="clustering the regions start from",
+    )  # fmt: skip
     settings.add_argument(
         "--forget",
         nargs="+",
         default=[],
         metavar="NAME",
-        help="own settings to drop, back to the project's (k, k_min, ..., or all)",
+        help="own settings to drop, back to the project's (k, k_min, n_regions, ..., or all)",
     )
     settings.add_argument(
         "--incoming",

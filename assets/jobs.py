@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from pipeline.errors import KsegError
-from pipeline.settings import MAX_K, MAX_SEED
+from pipeline.settings import MAX_K, MAX_REGIONS, MAX_SEED
 
 from .changes import settings_observation
 from .incoming import is_valid_partition_key
@@ -67,6 +67,20 @@ class Fallback(StrEnum):
     knee = "knee"
 
 
+class RegionSource(StrEnum):
+    """The K-means clustering the regions start from."""
+
+    chosen = "chosen"
+    finest = "finest"
+
+
+class StopFallback(StrEnum):
+    """How the number of regions is chosen when the merge curve has no clear stop."""
+
+    gap = "gap"
+    threshold = "threshold"
+
+
 class ImageSettingsRequest(dg.Config):
     """Give some images their own settings (kept until changed here or with kseg settings)."""
 
@@ -103,6 +117,43 @@ class ImageSettingsRequest(dg.Config):
         description="Variance share K must explain under the variance fallback (0-1 exclusive).",
     )
     seed: int | None = Field(default=None, description=f"Random seed (0-{MAX_SEED}).")
+    n_regions: int | None = Field(
+        default=None,
+        description=f"A fixed number of regions (1-{MAX_REGIONS}) instead of the merge "
+        "curve's stop (typically after looking at region_map's merge curve). To stop "
+        "automatically again, list n_regions under forget.",
+    )
+    max_cost: float | None = Field(
+        default=None,
+        description="Regions merge while a merge adds at most this to the mean squared Lab "
+        "distance per pixel (above 0, at most 10000; higher: fewer, larger regions).",
+    )
+    min_share: float | None = Field(
+        default=None,
+        description="Size floor of a region as a share of the image (0.0001-0.1); smaller "
+        "pieces are folded into their closest-coloured neighbour.",
+    )
+    stop_strength: float | None = Field(
+        default=None, description="Strength (0-1) a stop needs to count as clear."
+    )
+    stop_fallback: StopFallback | None = Field(
+        default=None, description="Rule when the merge curve has no clear stop."
+    )
+    gap_span: float | None = Field(
+        default=None,
+        description="How far the gap fallback looks around the threshold's count (0-4, a "
+        "factor above 1).",
+    )
+    min_regions: int | None = Field(
+        default=None, description=f"Fewest regions the stop may keep (1-{MAX_REGIONS})."
+    )
+    max_regions: int | None = Field(
+        default=None, description=f"Most regions the stop may keep (1-{MAX_REGIONS})."
+    )
+    region_source: RegionSource | None = Field(
+        default=None,
+        description="The clustering regions start from: the chosen K, or the sweep's largest.",
+    )
     forget: list[str] = Field(
         default=[],
         description="Own settings to drop first, back to the project's (e.g. [k]); [all] drops "
@@ -121,6 +172,15 @@ class ImageSettingsRequest(dg.Config):
             "fallback": self.fallback.value if self.fallback else None,
             "variance_target": self.variance_target,
             "seed": self.seed,
+            "n_regions": self.n_regions,
+            "max_cost": self.max_cost,
+            "min_share": self.min_share,
+            "stop_strength": self.stop_strength,
+            "stop_fallback": self.stop_fallback.value if self.stop_fallback else None,
+            "gap_span": self.gap_span,
+            "min_regions": self.min_regions,
+            "max_regions": self.max_regions,
+            "region_source": self.region_source.value if self.region_source else None,
         }
         return {name: value for name, value in values.items() if value is not None}
 

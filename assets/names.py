@@ -11,6 +11,7 @@ __all__ = [
     "ELBOW",
     "FEATURES",
     "GROUP_IMAGES",
+    "GROUP_REGIONS",
     "GROUP_REPORT",
     "GROUP_SEGMENTATION",
     "IMAGE_ASSETS",
@@ -21,6 +22,9 @@ __all__ = [
     "RANGE_END_TAG",
     "RANGE_START_TAG",
     "RAW",
+    "REGION_BOUNDARIES",
+    "REGION_MAP",
+    "REGION_STATS",
     "REPORT",
     "SEGMENTED",
     "SETTINGS",
@@ -44,13 +48,20 @@ CHOSEN = "chosen_k"
 SEGMENTED = "segmented_image"
 LABELS = "label_map"
 STATS = "segment_stats"
+REGION_MAP = "region_map"
+REGION_BOUNDARIES = "region_boundaries"
+REGION_STATS = "region_stats"
 REPORT = "segmentation_report"
 
 #: The computed per-image assets, in topological order.
-IMAGE_ASSETS = (RAW, FEATURES, ELBOW, CHOSEN, SEGMENTED, LABELS, STATS)
+IMAGE_ASSETS = (
+    RAW, FEATURES, ELBOW, CHOSEN, SEGMENTED, LABELS, STATS, REGION_MAP, REGION_BOUNDARIES,
+    REGION_STATS,
+)  # fmt: skip
 
 GROUP_IMAGES = "images"
 GROUP_SEGMENTATION = "segmentation"
+GROUP_REGIONS = "regions"
 GROUP_REPORT = "report"
 
 #: Most partitions one run covers when a backfill (or ``kseg run``) takes many images.

@@ -22,7 +22,7 @@ from .automation import REPORT_CONDITION
 from .checks import check_report_coverage
 from .incoming import is_valid_partition_key
 from .metadata import column_schema, frame_table, png_markdown
-from .names import CHOSEN, GROUP_REPORT, IMAGE_ASSETS, REPORT
+from .names import CHOSEN, GROUP_REPORT, IMAGE_ASSETS, REGION_MAP, REPORT
 from .partitions import IMAGES
 from .settings import ProjectSettings
 from .steps.base import cache_key
@@ -31,13 +31,15 @@ from .storage import KsegStorage, Manifest, Store, parquet_bytes
 __all__ = ["REPORT_COLUMNS", "report_rows", "segmentation_report"]
 
 REPORT_FILE = "segmentation_report.parquet"
-CODE_VERSION = "1"  # the file's content; its metadata is derived on every run
+CODE_VERSION = "2"  # the file's content (2: the regions); its metadata is derived on every run
 _COVERAGE = "covers_every_image"
 _OUTPUT_FILES = {
     "raw_image": "raw_image.png",
     "segmented_image": "segmented_image.png",
     "label_map": "label_map.png",
     "segment_stats": "segment_stats.parquet",
+    "region_map": "region_map.png",
+    "region_stats": "region_stats.parquet",
 }
 #: Columns of the report, in order.
 REPORT_COLUMNS = (
@@ -52,6 +54,7 @@ REPORT_COLUMNS = (
     "reason",
     "rule",
     "wcss_at_k",
+    "regions",
     "seconds",
     *(f"{name}_path" for name in _OUTPUT_FILES),
     "missing",
@@ -69,15 +72,20 @@ COLUMN_DESCRIPTIONS = {
     "reason": "elbow (clear), no_clear_elbow (the fallback decided) or override (a fixed K).",
     "rule": "The rule that decided K (elbow, variance, knee, override, ...).",
     "wcss_at_k": "Within-cluster sum of squares at the chosen K (feature units).",
+    "regions": "The number of connected regions kept (region_map).",
     "seconds": "Compute time of all the image's steps, in seconds.",
     "raw_image_path": "Where the decoded image is stored.",
     "segmented_image_path": "Where the segmented image is stored.",
     "label_map_path": "Where the label map is stored.",
     "segment_stats_path": "Where the segment table is stored.",
+    "region_map_path": "Where the region map is stored.",
+    "region_stats_path": "Where the region table is stored.",
     "missing": "The steps whose outputs are missing, comma-separated.",
 }
 #: The columns of the table in the UI: the ones read at a glance (all are in the file).
-_SHOWN = ("source_path", "status", "size", "chosen_k", "knee_strength", "reason", "seconds")
+_SHOWN = (
+    "source_path", "status", "size", "chosen_k", "knee_strength", "reason", "regions", "seconds",
+)  # fmt: skip
 _SHOWN_DESCRIPTIONS = {**COLUMN_DESCRIPTIONS, "size": "Width x height, in pixels."}
 
 
@@ -85,6 +93,7 @@ def _row(store: Store, partition: str, manifests: dict[str, Manifest | None]) ->
     present = {asset: m for asset, m in manifests.items() if m is not None}
     missing = [asset for asset in IMAGE_ASSETS if asset not in present]
     raw = present.get("raw_image")
+    regions = present.get(REGION_MAP)
     chosen = None
     if CHOSEN in present:
         try:
@@ -103,6 +112,7 @@ def _row(store: Store, partition: str, manifests: dict[str, Manifest | None]) ->
         "reason": chosen["reason"] if chosen else None,
         "rule": chosen["rule"] if chosen else None,
         "wcss_at_k": chosen["wcss_at_k"] if chosen else None,
+        "regions": regions.info.get("n_regions") if regions else None,
         "seconds": round(sum(m.seconds for m in present.values()), 4) if present else None,
         "missing": ",".join(missing),
     }
@@ -132,7 +142,9 @@ def report_rows(store: Store, partitions: list[str]) -> tuple[pd.DataFrame, list
         ]
         rows.append(_row(store, partition, manifests))
     frame = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
-    integers = {name: "Int64" for name in ("width", "height", "chosen_k", "unique_colours")}
+    integers = {
+        name: "Int64" for name in ("width", "height", "chosen_k", "unique_colours", "regions")
+    }
     return frame.astype(integers), inputs
 
 

@@ -30,12 +30,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import KsegError, SettingsError
-from pipeline.settings import SegmentSettings
+from pipeline.settings import MAX_REGIONS, RegionSettings, SegmentSettings
 
 from .storage import Store, StoreError
 
 __all__ = [
     "ENV_VARS",
+    "REGION_ENV_VARS",
+    "REGION_FIELDS",
+    "SETTING_NAMES",
     "ImageSettings",
     "ProjectSettings",
     "apply_changes",
@@ -43,6 +46,7 @@ __all__ = [
     "own_settings_document",
     "parse_own_settings",
     "project_settings_from_env",
+    "region_settings_from_env",
     "settings_version",
     "update_own_settings",
 ]
@@ -60,15 +64,50 @@ ENV_VARS = {
     "variance_target": "KSEG_VARIANCE_TARGET",
 }
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(SegmentSettings))
-_INTEGERS = {"k_min", "k_max", "seed", "k_override"}
-_NUMBERS = {"spatial_weight", "min_strength", "variance_target"}
+#: The region settings (:class:`~pipeline.settings.RegionSettings`) as this layer names
+#: them: ``kseg segment``'s option names, since two of their fields (``min_strength``,
+#: ``fallback``) share a name with a segmentation setting. Regions are always made here
+#: (``enabled`` is ``kseg segment --no-regions`` only).
+REGION_FIELDS = {
+    "region_source": "source",
+    "min_share": "min_share",
+    "max_cost": "max_cost",
+    "stop_strength": "min_strength",
+    "stop_fallback": "fallback",
+    "gap_span": "gap_span",
+    "min_regions": "min_regions",
+    "max_regions": "max_regions",
+    "n_regions": "n_regions",
+}
+#: Environment variable of each project region setting (``KSEG_REGIONS``: a fixed count).
+REGION_ENV_VARS = {
+    "region_source": "KSEG_REGION_SOURCE",
+    "min_share": "KSEG_MIN_SHARE",
+    "max_cost": "KSEG_MAX_COST",
+    "stop_strength": "KSEG_STOP_STRENGTH",
+    "stop_fallback": "KSEG_STOP_FALLBACK",
+    "gap_span": "KSEG_GAP_SPAN",
+    "min_regions": "KSEG_MIN_REGIONS",
+    "max_regions": "KSEG_MAX_REGIONS",
+    "n_regions": "KSEG_REGIONS",
+}
+
+_SEGMENT_FIELDS = tuple(f.name for f in dataclasses.fields(SegmentSettings))
+#: Every setting an image (or the project) can set: the segmentation's, then the regions'.
+SETTING_NAMES = (*_SEGMENT_FIELDS, *REGION_FIELDS)
+_FIELDS = SETTING_NAMES
+_OPTIONAL = {"k_override", "n_regions"}
+_INTEGERS = {"k_min", "k_max", "seed", "k_override", "min_regions", "max_regions", "n_regions"}
+_NUMBERS = {
+    "spatial_weight", "min_strength", "variance_target", "min_share", "max_cost",
+    "stop_strength", "gap_span",
+}  # fmt: skip
 _DOCUMENT_VERSION = 1
 
 
 def _parse_env_value(name: str, raw: str) -> Any:
     text = raw.strip()
-    if name == "k_override" and text.lower() in ("", "auto"):
+    if name in _OPTIONAL and text.lower() in ("", "auto"):
         return None
     if name in _INTEGERS:
         try:
@@ -83,40 +122,84 @@ def _parse_env_value(name: str, raw: str) -> Any:
     return text
 
 
+def split_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Flat setting values as (``SegmentSettings`` fields, ``RegionSettings`` fields)."""
+    segment = {name: value for name, value in values.items() if name not in REGION_FIELDS}
+    regions = {REGION_FIELDS[n]: value for n, value in values.items() if n in REGION_FIELDS}
+    return segment, regions
+
+
+def flat_values(settings: SegmentSettings, regions: RegionSettings) -> dict[str, Any]:
+    """Every setting under this layer's names (:data:`SETTING_NAMES`), in that order."""
+    values = settings.to_dict()
+    values.update({name: getattr(regions, field) for name, field in REGION_FIELDS.items()})
+    return values
+
+
+def _renamed(problem: SettingsError) -> SettingsError:
+    """A :class:`RegionSettings` problem under this layer's name for the field."""
+    names = {field: name for name, field in REGION_FIELDS.items()}
+    return SettingsError(names.get(problem.field, problem.field), problem.message)
+
+
+def _all_problems(settings: SegmentSettings, regions: RegionSettings) -> list[SettingsError]:
+    return [*settings.problems(), *(_renamed(p) for p in regions.problems())]
+
+
+def _from_env(environ: Mapping[str, str] | None) -> tuple[SegmentSettings, RegionSettings]:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[SettingsError] = []
+    for name, variable in {**ENV_VARS, **REGION_ENV_VARS}.items():
+        raw = env.get(variable)
+        if raw is None or (raw.strip() == "" and name not in _OPTIONAL):
+            continue
+        try:
+            values[name] = _parse_env_value(name, raw)
+        except SettingsError as exc:
+            problems.append(exc)
+    segment, region = split_values(values)
+    settings, regions = SegmentSettings(**segment), RegionSettings(**region)
+    parsed = {p.field for p in problems}
+    problems += [p for p in _all_problems(settings, regions) if p.field not in parsed]
+    if problems:
+        variables = {**ENV_VARS, **REGION_ENV_VARS}
+        renamed = [
+            SettingsError(f"{variables[p.field]} ({p.field})", p.message)
+            for p in sorted(problems, key=lambda p: _FIELDS.index(p.field))
+        ]
+        raise SettingsError(renamed[0].field, renamed[0].message, renamed[1:])
+    return settings, regions
+
+
 def project_settings_from_env(environ: Mapping[str, str] | None = None) -> SegmentSettings:
     """The project settings from the ``KSEG_*`` environment variables (unset: default).
 
     Raises
     ------
     SettingsError
-        Naming every invalid variable at once (``KSEG_K_MAX=1: must be ...``).
+        Naming every invalid variable at once (``KSEG_K_MAX=1: must be ...``), region
+        variables (:data:`REGION_ENV_VARS`) included.
     """
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    problems: list[SettingsError] = []
-    for name, variable in ENV_VARS.items():
-        raw = env.get(variable)
-        if raw is None or (raw.strip() == "" and name != "k_override"):
-            continue
-        try:
-            values[name] = _parse_env_value(name, raw)
-        except SettingsError as exc:
-            problems.append(exc)
-    settings = SegmentSettings(**values)
-    parsed = {p.field for p in problems}
-    problems += [p for p in settings.problems() if p.field not in parsed]
-    if problems:
-        renamed = [
-            SettingsError(f"{ENV_VARS[p.field]} ({p.field})", p.message)
-            for p in sorted(problems, key=lambda p: _FIELDS.index(p.field))
-        ]
-        raise SettingsError(renamed[0].field, renamed[0].message, renamed[1:])
-    return settings
+    return _from_env(environ)[0]
 
 
-def settings_version(settings: SegmentSettings) -> str:
+def region_settings_from_env(environ: Mapping[str, str] | None = None) -> RegionSettings:
+    """The project's region settings from :data:`REGION_ENV_VARS` (unset: default).
+
+    Raises
+    ------
+    SettingsError
+        As :func:`project_settings_from_env`.
+    """
+    return _from_env(environ)[1]
+
+
+def settings_version(settings: SegmentSettings, regions: RegionSettings | None = None) -> str:
     """The data version of an image's effective settings: 16 hex digits of their hash."""
-    return hashlib.sha256(settings.fingerprint().encode("utf-8")).hexdigest()[:16]
+    values = flat_values(settings, RegionSettings() if regions is None else regions)
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def parse_own_settings(document: bytes, *, where: str) -> dict[str, Any]:
@@ -171,14 +254,22 @@ class ImageSettings:
     settings : SegmentSettings
         Validated effective settings.
     own : dict
-        The image's own values (empty if it has none).
+        The image's own values (empty if it has none), under :data:`SETTING_NAMES`.
     version : str
-        :func:`settings_version` of ``settings``.
+        :func:`settings_version` of ``settings`` and ``regions``.
+    regions : RegionSettings
+        Validated effective region settings.
     """
 
     settings: SegmentSettings
     own: dict[str, Any]
     version: str
+    regions: RegionSettings = dataclasses.field(default_factory=RegionSettings)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Every effective setting under :data:`SETTING_NAMES` (what keys step caches)."""
+        return flat_values(self.settings, self.regions)
 
 
 @dataclass(frozen=True)
@@ -198,17 +289,22 @@ class ProjectSettings:
         The validated project settings.
     source : str
         Where they came from (for the UI): ``definitions``, ``environment`` or ``defaults``.
+    regions : RegionSettings
+        The validated project region settings.
     """
 
     defaults: SegmentSettings
     source: str = "defaults"
+    regions: RegionSettings = dataclasses.field(default_factory=RegionSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProjectSettings:
         """The project settings from the environment (see :data:`ENV_VARS`)."""
         env = os.environ if environ is None else environ
-        used = any(variable in env for variable in ENV_VARS.values())
-        return cls(project_settings_from_env(env), "environment" if used else "defaults")
+        variables = (*ENV_VARS.values(), *REGION_ENV_VARS.values())
+        used = any(variable in env for variable in variables)
+        settings, regions = _from_env(env)
+        return cls(settings, "environment" if used else "defaults", regions)
 
     def effective(self, own: Mapping[str, Any], *, where: str) -> ImageSettings:
         """The effective settings for an image whose own values are ``own``.
@@ -219,12 +315,14 @@ class ProjectSettings:
             If the combination is invalid (e.g. an own ``k_min`` above the project's
             ``k_max``), naming ``where`` and every bad field.
         """
-        settings = dataclasses.replace(self.defaults, **own)
-        problems = settings.problems()
+        segment, region = split_values(own)
+        settings = dataclasses.replace(self.defaults, **segment)
+        regions = dataclasses.replace(self.regions, **region)
+        problems = _all_problems(settings, regions)
         if problems:
             listed = "; ".join(f"{p.field!r}: {p.message}" for p in problems)
             raise KsegError(f"{where}: its own settings are invalid with the project's: {listed}")
-        return ImageSettings(settings, dict(own), settings_version(settings))
+        return ImageSettings(settings, dict(own), settings_version(settings, regions), regions)
 
     def own(self, store: Store, partition: str) -> dict[str, Any]:
         """The image's own values from the store (empty if it has none).
@@ -281,7 +379,7 @@ class ProjectSettings:
 
     def describe(self) -> str:
         """One line for the UI: the values and where they came from."""
-        values = ", ".join(f"{k}={v}" for k, v in self.defaults.to_dict().items())
+        values = ", ".join(f"{k}={v}" for k, v in flat_values(self.defaults, self.regions).items())
         return f"Project-wide segmentation settings ({self.source}): {values}."
 
 
@@ -297,14 +395,11 @@ def change_problems(changes: Mapping[str, Any]) -> list[SettingsError]:
         SettingsError(name, f"unknown setting; known ones are {list(_FIELDS)}") for name in unknown
     ]
     known = {name: value for name, value in changes.items() if name in _FIELDS}
-    checked = SegmentSettings(
-        **{
-            **known,
-            **({} if "k_max" in known else {"k_max": 64}),
-            **({} if "k_min" in known else {"k_min": 1}),
-        }
-    )
-    problems += [p for p in checked.problems() if p.field in known]
+    segment, region = split_values(known)
+    # Each value on its own: the other end of a range is left open unless also given.
+    checked = SegmentSettings(**{"k_min": 1, "k_max": 64, **segment})
+    regions = RegionSettings(**{"min_regions": 1, "max_regions": MAX_REGIONS, **region})
+    problems += [p for p in _all_problems(checked, regions) if p.field in known]
     return problems
 
 

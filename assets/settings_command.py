@@ -25,6 +25,14 @@ _FIELDS = {
     "variance_target": "variance_target",
     "features": "features",
     "fallback": "fallback",
+    "max_cost": "max_cost",
+    "min_share": "min_share",
+    "stop_strength": "stop_strength",
+    "gap_span": "gap_span",
+    "min_regions": "min_regions",
+    "max_regions": "max_regions",
+    "stop_fallback": "stop_fallback",
+    "region_source": "region_source",
 }
 
 
@@ -53,6 +61,19 @@ def settings_command(
             print(f"kseg settings: error: --k must be an integer, got {args.k!r}", file=err)
             return 2
     changes = {name: value for name, value in changes.items() if value is not None}
+    if args.n_regions is not None:
+        if args.n_regions.strip().lower() == "auto":
+            args.forget = [*args.forget, "n_regions"]
+        else:
+            try:
+                changes["n_regions"] = int(args.n_regions)
+            except ValueError:
+                print(
+                    f"kseg settings: error: --regions must be an integer or 'auto', "
+                    f"got {args.n_regions!r}",
+                    file=err,
+                )
+                return 2
     forget = ["k_override" if name == "k" else name for name in args.forget]
     try:
         project = ProjectSettings.from_env()

@@ -192,10 +192,12 @@ def runs_summary(home: Path, since: float) -> dict[str, float]:
 def materialised(home: Path, key: str) -> bool:
     import dagster as dg
 
+    from assets.names import IMAGE_ASSETS
+
     instance = dg.DagsterInstance.from_config(str(home))
     try:
         status = instance.get_status_by_partition(
-            dg.AssetKey("segment_stats"), [key], dg.DynamicPartitionsDefinition(name="images")
+            dg.AssetKey(IMAGE_ASSETS[-1]), [key], dg.DynamicPartitionsDefinition(name="images")
         )
     finally:
         instance.dispose()

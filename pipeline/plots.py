@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .elbow import ElbowChoice
+    from .stopping import StopChoice
 
-__all__ = ["candidates", "elbow_plot_png", "report_plot_png"]
+__all__ = ["candidates", "elbow_plot_png", "merge_curve_png", "report_plot_png"]
 
 _BLUE, _RED, _GREY = "#3b6ea8", "#d1495b", "#6c757d"
 _INDICES = {
@@ -136,6 +137,69 @@ def elbow_plot_png(
     right.set_ylim(-0.05, 1.05)
     right.grid(alpha=0.3)
     right.legend(fontsize=7, loc="best", framealpha=0.85)
+    return _png(fig)
+
+
+def merge_curve_png(
+    merges: pd.DataFrame,
+    choice: StopChoice,
+    *,
+    max_cost: float,
+    width: float = 9.0,
+    height: float = 3.0,
+    dpi: int = 100,
+) -> bytes:
+    """The region merge curve as the person judging the stop needs it, as PNG bytes.
+
+    The cost per pixel of the next merge against the number of regions kept, both on
+    log axes (merging runs right to left), with the threshold ``max_cost`` drawn, the
+    kept count circled and the stopping rule's sentence in the title. A clear stop is
+    a point just right of a big jump up of the curve.
+
+    Parameters
+    ----------
+    merges : pandas.DataFrame
+        :meth:`pipeline.regions.Regions.merge_table`.
+    choice : StopChoice
+    max_cost : float
+        The stopping threshold (``RegionSettings.max_cost``).
+    width, height : float
+        Figure size in inches; at the default ``dpi`` about 900x300 pixels.
+
+    Returns
+    -------
+    bytes
+    """
+    fig = _figure(width, height, dpi)
+    ax = fig.subplots(1, 1)
+    rows = merges[np.isfinite(merges["cost_per_pixel"].to_numpy(dtype=np.float64))]
+    regions = rows["regions"].to_numpy()
+    cost = rows["cost_per_pixel"].to_numpy(dtype=np.float64)
+    shown = cost > 0
+    if shown.any():
+        ax.plot(regions[shown], cost[shown], "o-", color=_BLUE, markersize=2.5, linewidth=1.2,
+                label="cost per pixel of the next merge")  # fmt: skip
+        ax.set_yscale("log")
+        ax.axhline(max_cost, color=_GREY, linestyle="--", linewidth=1.0,
+                   label=f"threshold max_cost = {max_cost:g}")  # fmt: skip
+        at = shown & (regions == choice.n_regions)
+        if at.any():
+            ax.plot(regions[at], cost[at], "o", markersize=11, markerfacecolor="none",
+                    markeredgecolor=_RED, markeredgewidth=2.2,
+                    label=f"kept {choice.n_regions} regions")  # fmt: skip
+        ax.legend(fontsize=8, loc="upper right", frameon=False)
+    if regions.size and regions.max() > 1:
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_title(choice.detail[:1].upper() + choice.detail[1:], fontsize=9, wrap=True)
+    ax.set_xlabel("regions kept (log scale; merging runs right to left)", fontsize=8)
+    ax.set_ylabel("next merge's cost per pixel", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
     return _png(fig)
 
 

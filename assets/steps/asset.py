@@ -156,7 +156,7 @@ def _process(
         raise KsegError(f"refusing partition key {partition!r}: not a kseg partition key")
     image = project.for_image(store, partition)
     source = sources.file(partition) if SOURCE in step.reads else None
-    inputs = Inputs(step, partition, store, image.settings, source=source)
+    inputs = Inputs(step, partition, store, image.settings, source=source, regions=image.regions)
     with store.lock(partition):
         try:
             outcome = run_image(step, inputs)

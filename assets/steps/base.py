@@ -31,10 +31,11 @@ from typing import IO, Any
 import numpy as np
 
 from pipeline.errors import KsegError
-from pipeline.settings import SegmentSettings
+from pipeline.settings import RegionSettings, SegmentSettings
 
 from ..checks import CheckOutcome
 from ..names import SOURCE
+from ..settings import flat_values
 from ..storage import Manifest, Store, StoreError
 from .memo import MEMO, Memo
 
@@ -144,8 +145,8 @@ class Step:
         The assets whose data it reads (``source_image`` for the file), in the order
         their cache keys are hashed. This is its lineage in the graph.
     settings : tuple of str
-        The :class:`~pipeline.settings.SegmentSettings` fields it reads; only these key
-        its cache. A step with settings also depends on ``image_settings``.
+        The settings it reads (names of :data:`assets.settings.SETTING_NAMES`); only
+        these key its cache. A step with settings also depends on ``image_settings``.
     main_file : str
         The file its metadata points to.
     compute : callable
@@ -173,18 +174,21 @@ class Step:
     column_schema: Any = None
     constants: Mapping[str, Any] = field(default_factory=dict)
 
-    def settings_of(self, settings: SegmentSettings) -> dict[str, Any]:
-        """The values that key this step's cache: its settings, then its constants."""
-        values = settings.to_dict()
+    def settings_of(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The values that key this step's cache: its settings, then its constants.
+
+        ``values`` holds every setting of the image (:func:`assets.settings.flat_values`).
+        """
         return {**{name: values[name] for name in self.settings}, **self.constants}
 
-    def key(self, upstream: Mapping[str, str], settings: SegmentSettings) -> str:
-        """This step's cache key, given its inputs' keys (``upstream[name]``)."""
+    def key(self, upstream: Mapping[str, str], values: Mapping[str, Any]) -> str:
+        """This step's cache key, given its inputs' keys (``upstream[name]``) and the
+        image's settings (``values``, as for :meth:`settings_of`)."""
         return cache_key(
             self.asset,
             code_version=self.code_version,
             inputs=[upstream[name] for name in self.reads],
-            settings=self.settings_of(settings),
+            settings=self.settings_of(values),
         )
 
 
@@ -206,6 +210,8 @@ class Inputs:
     source : SourceFile, optional
         The image file (for a step that reads ``source_image``).
     memo : Memo
+    regions : RegionSettings, optional
+        The image's effective region settings (default: kseg's).
     """
 
     def __init__(
@@ -217,11 +223,14 @@ class Inputs:
         *,
         source: SourceFile | None = None,
         memo: Memo = MEMO,
+        regions: RegionSettings | None = None,
     ) -> None:
         self.step = step
         self.partition = partition
         self.store = store
         self.settings = settings
+        self.regions = RegionSettings() if regions is None else regions
+        self.values = flat_values(settings, self.regions)
         self.source = source
         self.memo = memo
         self._manifests: dict[str, Manifest] = {}
@@ -378,7 +387,7 @@ def run_image(step: Step, inputs: Inputs) -> Outcome:
         the image and the reason.
     """
     started = time.perf_counter()
-    key = step.key({name: inputs.key(name) for name in step.reads}, inputs.settings)
+    key = step.key({name: inputs.key(name) for name in step.reads}, inputs.values)
     store = inputs.store
     manifest = store.intact(inputs.partition, step.asset, key)
     hit = manifest is not None

@@ -31,7 +31,7 @@ from .elbow_metrics import swept
 from .raw_image import decoded
 
 __all__ = ["LABELS_FILE", "LABELS_STEP", "SEGMENTED_FILE", "SEGMENTED_STEP", "STATS_FILE",
-           "STATS_STEP"]  # fmt: skip
+           "STATS_STEP", "label_map"]  # fmt: skip
 
 SEGMENTED_FILE = "segmented_image.png"
 PREVIEW_FILE = "segmented_image_preview.jpg"
@@ -113,6 +113,11 @@ def _labels(inputs: Inputs) -> Computed:
     seg = _segmentation(inputs)
     info = {"k": seg.k, "dtype": str(seg.labels.dtype)}
     return Computed({LABELS_FILE: encode_png(seg.labels)}, info, value=seg.labels)
+
+
+def label_map(inputs: Inputs):
+    """The K-means label map: from memory, or ``label_map.png`` (for steps reading it)."""
+    return inputs.value(LABELS, lambda _: decode_png(inputs.read(LABELS, LABELS_FILE)))
 
 
 def _describe_labels(stored: Stored) -> tuple[dict[str, Any], list]:

@@ -7,16 +7,37 @@ import dataclasses
 import pytest
 
 from assets import steps
-from assets.names import CHOSEN, ELBOW, FEATURES, IMAGE_ASSETS, LABELS, RAW, SEGMENTED, STATS
+from assets.names import (
+    CHOSEN,
+    ELBOW,
+    FEATURES,
+    IMAGE_ASSETS,
+    LABELS,
+    RAW,
+    REGION_BOUNDARIES,
+    REGION_MAP,
+    REGION_STATS,
+    SEGMENTED,
+    STATS,
+)  # fmt: skip
+from assets.settings import REGION_FIELDS
 from assets.steps.base import cache_key
-from pipeline.settings import SegmentSettings
+from pipeline.settings import RegionSettings, SegmentSettings
 
 SHA = "0" * 64
+REGIONS = {REGION_MAP, REGION_BOUNDARIES, REGION_STATS}
 
 
 def _changed(**changes: object) -> set[str]:
     base = steps.chain_keys(SHA, SegmentSettings())
     other = steps.chain_keys(SHA, dataclasses.replace(SegmentSettings(), **changes))
+    return {asset for asset in base if base[asset] != other[asset]}
+
+
+def _changed_regions(**changes: object) -> set[str]:
+    base = steps.chain_keys(SHA, SegmentSettings())
+    fields = {REGION_FIELDS[name]: value for name, value in changes.items()}
+    other = steps.chain_keys(SHA, SegmentSettings(), RegionSettings(**fields))
     return {asset for asset in base if base[asset] != other[asset]}
 
 
@@ -37,16 +58,32 @@ def test_new_bytes_change_every_key() -> None:
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"features": "rgb"}, {FEATURES, ELBOW, CHOSEN, SEGMENTED, LABELS, STATS}),
-        ({"seed": 3}, {ELBOW, CHOSEN, SEGMENTED, LABELS, STATS}),
-        ({"k_max": 8}, {ELBOW, CHOSEN, SEGMENTED, LABELS, STATS}),
-        ({"min_strength": 0.21}, {CHOSEN, SEGMENTED, LABELS, STATS}),
-        ({"fallback": "knee"}, {CHOSEN, SEGMENTED, LABELS, STATS}),
-        ({"variance_target": 0.77}, {CHOSEN, SEGMENTED, LABELS, STATS}),
+        ({"features": "rgb"}, {FEATURES, ELBOW, CHOSEN, SEGMENTED, LABELS, STATS, *REGIONS}),
+        ({"seed": 3}, {ELBOW, CHOSEN, SEGMENTED, LABELS, STATS, *REGIONS}),
+        ({"k_max": 8}, {ELBOW, CHOSEN, SEGMENTED, LABELS, STATS, *REGIONS}),
+        ({"min_strength": 0.21}, {CHOSEN, SEGMENTED, LABELS, STATS, *REGIONS}),
+        ({"fallback": "knee"}, {CHOSEN, SEGMENTED, LABELS, STATS, *REGIONS}),
+        ({"variance_target": 0.77}, {CHOSEN, SEGMENTED, LABELS, STATS, *REGIONS}),
     ],
 )
 def test_a_setting_changes_only_the_steps_that_read_it(changes: dict, expected: set) -> None:
     assert _changed(**changes) == expected
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"max_cost": 20.0},
+        {"min_share": 0.01},
+        {"stop_strength": 0.2},
+        {"stop_fallback": "threshold"},
+        {"n_regions": 7},
+        {"region_source": "finest"},
+        {"max_regions": 50},
+    ],
+)
+def test_a_region_setting_changes_only_the_region_steps(changes: dict) -> None:
+    assert _changed_regions(**changes) == REGIONS
 
 
 def test_code_version_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,7 +92,8 @@ def test_code_version_is_part_of_the_key(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(steps.STEPS, ELBOW, changed)
     after = steps.chain_keys(SHA, SegmentSettings())
     assert before[RAW] == after[RAW] and before[FEATURES] == after[FEATURES]
-    assert {a for a in before if before[a] != after[a]} == {ELBOW, CHOSEN, SEGMENTED, LABELS, STATS}
+    changed = {a for a in before if before[a] != after[a]}
+    assert changed == {ELBOW, CHOSEN, SEGMENTED, LABELS, STATS, *REGIONS}
 
 
 def test_cache_key_is_sensitive_to_every_part() -> None:

@@ -27,6 +27,9 @@ EXPECTED = {
     "segmented_image",
     "label_map",
     "segment_stats",
+    "region_map",
+    "region_boundaries",
+    "region_stats",
     "segmentation_report",
 }
 
@@ -91,6 +94,9 @@ def test_checks_are_declared_on_the_right_assets_and_block() -> None:
         ("elbow_metrics", "wcss_non_increasing"),
         ("chosen_k", "k_in_range"),
         ("label_map", "labels_match_image"),
+        ("region_map", "regions_contiguous"),
+        ("region_map", "regions_connected"),
+        ("region_stats", "regions_match_table"),
         ("segmentation_report", "covers_every_image"),
     }
     for key in graph.asset_check_keys:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from dagster_helpers import (
@@ -25,7 +26,10 @@ from assets.storage import KsegStorage
 from pipeline.render import decode_png
 from pipeline.settings import SegmentSettings
 
-PER_IMAGE_CHECKS = ("rows_match_pixels", "wcss_non_increasing", "k_in_range", "labels_match_image")
+PER_IMAGE_CHECKS = (
+    "rows_match_pixels", "wcss_non_increasing", "k_in_range", "labels_match_image",
+    "regions_contiguous", "regions_connected", "regions_match_table",
+)  # fmt: skip
 
 
 def _sha256(path: Path) -> str:
@@ -83,6 +87,14 @@ def test_every_asset_materialises_with_metadata_and_passing_checks(
     assert "data:image/jpeg;base64," in strip and "set_image_settings" in strip
     stats = found["segment_stats", key].metadata
     assert stats["dagster/row_count"].value == chosen["chosen_k"].value
+    regions = found["region_map", key].metadata
+    n_regions = regions["n_regions"].value
+    assert n_regions >= 1 and regions["stop_reason"].value in ("clear_stop", "no_clear_stop")
+    assert "data:image/png;base64," in regions["merge_curve"].value
+    assert regions["cluster_pieces"].value >= regions["after_folding"].value >= n_regions
+    boundaries = found["region_boundaries", key].metadata
+    assert "data:image/jpeg;base64," in boundaries["preview"].value
+    assert found["region_stats", key].metadata["dagster/row_count"].value == n_regions
 
     checks = check_evaluations(result)
     assert {name for name, _ in checks} == set(PER_IMAGE_CHECKS)
@@ -92,6 +104,14 @@ def test_every_asset_materialises_with_metadata_and_passing_checks(
     labels = decode_png((folder / "label_map.png").read_bytes())
     assert labels.shape == (48, raw["width"].value)
     assert set(np.unique(labels)) == set(range(chosen["chosen_k"].value))
+    region_map = decode_png((folder / "region_map.png").read_bytes())
+    assert region_map.shape == labels.shape
+    assert set(np.unique(region_map)) == set(range(n_regions))
+    table = pd.read_parquet(folder / "region_stats.parquet")
+    assert table["pixel_count"].sum() == labels.size
+    assert table["region"].tolist() == list(range(n_regions))
+    curve = pd.read_parquet(folder / "region_merges.parquet")
+    assert curve.loc[curve["chosen"], "regions"].tolist() == [n_regions]
     document = json.loads((folder / "chosen_k.json").read_text())
     assert document["chosen_k"] == chosen["chosen_k"].value
     expected = chain_keys(_sha256(incoming / "photos/astronaut.png"), SegmentSettings())

@@ -83,6 +83,8 @@ ORDER = [
     ["elbow_metrics"],
     ["chosen_k"],
     ["segmented_image", "label_map", "segment_stats"],
+    ["region_map", "region_boundaries"],
+    ["region_stats"],
     [REPORT],
 ]
 
