@@ -126,6 +126,22 @@ class ColourHistogram:
             self._converted[space] = converted
         return self._converted[space]
 
+    def with_features(self, space: str, values: np.ndarray) -> ColourHistogram:
+        """Record already computed :meth:`features` of :attr:`colours` (e.g. read from a
+        colour table), so they are not converted again; returns ``self``.
+
+        Raises
+        ------
+        ValueError
+            If ``values`` is not one row of three values per colour.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (self.n_colours, 3):
+            raise ValueError(f"expected ({self.n_colours}, 3) {space} values, got {values.shape}")
+        values.flags.writeable = False
+        self._converted[space] = values
+        return self
+
     def _pixel_keys(self, rgb: np.ndarray) -> np.ndarray:
         if self.keys is not None and self.keys.shape == tuple(rgb.shape[:2]):
             return self.keys

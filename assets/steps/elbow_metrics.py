@@ -14,7 +14,7 @@ from ..metadata import frame_table, schema_metadata
 from ..names import ELBOW, FEATURES, GROUP_SEGMENTATION
 from ..storage import parquet_bytes
 from .base import CheckDef, Computed, Inputs, Step, Stored
-from .pixel_features import feature_rows
+from .pixel_features import feature_colours, feature_rows
 
 __all__ = ["ELBOW_FILE", "STEP", "swept"]
 
@@ -24,10 +24,11 @@ _DECLARED = pa.schema([(c, pa.int64() if c in _INTS else pa.float64()) for c in 
 
 
 def _compute(inputs: Inputs) -> Computed:
-    # The sweep's input is the feature table: its r, g, b columns are the pixels (and
-    # its row order their positions, for the spatial features).
+    # The sweep's input is the feature tables: the colour table's distinct colours,
+    # counts and colour-space channels are the points it clusters; the pixel table's
+    # r, g, b (in row order, their positions) give the spatial features.
     rgb = image_from_feature_table(feature_rows(inputs))
-    result = sweep(rgb, inputs.settings)
+    result = sweep(rgb, inputs.settings, hist=feature_colours(inputs))
     info = {
         "n_colours": result.n_colours,
         "n_pixels": result.n_pixels,

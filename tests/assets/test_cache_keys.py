@@ -105,9 +105,10 @@ def test_cache_key_is_sensitive_to_every_part() -> None:
     assert cache_key("s", **{**base, "settings": {"x": 2}}) != key
 
 
-def test_keys_are_those_of_earlier_kseg_versions_so_stored_outputs_stay_valid() -> None:
-    # Recorded with the kseg before the steps were split (same store layout and keys):
-    # upgrading must not recompute anyone's store.
+def test_keys_follow_the_recorded_recipe_so_stored_outputs_stay_valid() -> None:
+    # raw_image's key is the one kseg has always used (upgrading keeps decoded images);
+    # pixel_features' is schema 2's (the colour table), which recomputes the steps from
+    # pixel_features on once after the upgrade.
     keys = steps.chain_keys(SHA, SegmentSettings())
     assert keys[RAW] == cache_key(
         RAW,
@@ -116,6 +117,6 @@ def test_keys_are_those_of_earlier_kseg_versions_so_stored_outputs_stay_valid() 
         settings={"max_pixels": 100_000_000, "background": [255, 255, 255]},
     )
     assert keys[FEATURES] == cache_key(
-        FEATURES, code_version="1", inputs=[keys[RAW]],
-        settings={"features": "lab", "schema_version": "1"},
+        FEATURES, code_version="2", inputs=[keys[RAW]],
+        settings={"features": "lab", "schema_version": "2"},
     )  # fmt: skip

@@ -131,17 +131,20 @@ def test_every_asset_materialises_with_metadata_and_passing_checks(
 def test_a_table_unlike_the_declared_schema_reports_its_own(
     instance: dg.DagsterInstance, storage: KsegStorage, incoming: Path
 ) -> None:
-    key = write_image(incoming, "coffee.png", "coffee")
-    result = run_job(
-        instance,
-        storage,
-        [key],
-        settings=SegmentSettings(features="hsv"),
-        selection=["raw_image", "pixel_features"],
-    )
+    from PIL import Image
+
+    from assets.incoming import partition_key_for
+
+    # Wider than 65,535 pixels: positions are uint32, unlike the declared uint16.
+    rng = np.random.default_rng(0)
+    strip = rng.integers(0, 256, size=(2, 65_536, 3), dtype=np.uint8)
+    Image.fromarray(strip).save(incoming / "strip.png")
+    key = partition_key_for("strip.png")
+    result = run_job(instance, storage, [key], selection=["raw_image", "pixel_features"])
     assert result.success
     schema = materializations(result)["pixel_features", key].metadata["dagster/column_schema"]
-    assert [c.name for c in schema.schema.columns][-3:] == ["hsv_h", "hsv_s", "hsv_v"]
+    types = {c.name: c.type for c in schema.schema.columns}
+    assert types["x"] == types["y"] == "uint32"
 
 
 def test_second_materialisation_is_a_cache_hit_and_writes_nothing(

@@ -1,4 +1,4 @@
-"""Tests of pipeline.features: the per-pixel feature table and its Parquet form."""
+"""Tests of pipeline.features: the pixel table, the colour table and their Parquet form."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 from skimage import color
 
+from pipeline.colours import colour_histogram
 from pipeline.errors import KsegError
 from pipeline.features import (
     SCHEMA_VERSION,
+    colour_table,
     feature_schema,
     feature_table,
+    histogram_from_colour_table,
     image_from_feature_table,
     read_feature_table,
     write_feature_table,
@@ -33,14 +36,11 @@ def test_table_has_one_row_per_pixel_and_the_documented_schema(rgb, features):
     height, width = rgb.shape[:2]
     table = feature_table(rgb, features=features)
     assert table.num_rows == height * width
-    expected_names = ["x", "y", "r", "g", "b", *EXTRA[features]]
-    assert table.column_names == expected_names
+    assert table.column_names == ["x", "y", "r", "g", "b"]
     types = {f.name: f.type for f in table.schema}
     assert types["x"] == types["y"] == pa.uint16()
     for name in ("r", "g", "b"):
         assert types[name] == pa.uint8()
-    for name in EXTRA[features]:
-        assert types[name] == pa.float32()
     for f in table.schema:
         assert not f.nullable, f.name
     for name in table.column_names:
@@ -63,10 +63,65 @@ def test_table_values_are_the_pixels_in_row_major_order(rgb, features):
     flat = rgb.reshape(-1, 3)
     for i, name in enumerate("rgb"):
         np.testing.assert_array_equal(table.column(name).to_numpy(), flat[:, i])
+
+
+@pytest.mark.parametrize("features", SPACES)
+def test_the_colour_table_joined_on_rgb_gives_every_pixels_features(rgb, features):
+    colours = colour_table(rgb, features=features)
+    assert colours.column_names == ["r", "g", "b", "pixel_count", *EXTRA[features]]
+    assert colours.schema.field("pixel_count").type == pa.int64()
+    for name in EXTRA[features]:
+        assert colours.schema.field(name).type == pa.float64()
+    frame = colours.to_pandas()
+    assert frame["pixel_count"].sum() == rgb.shape[0] * rgb.shape[1]
+    assert not frame.duplicated(["r", "g", "b"]).any()
+    pixels = feature_table(rgb, features=features).to_pandas()
+    joined = pixels.merge(frame, on=["r", "g", "b"], how="left", validate="many_to_one")
+    assert joined["x"].tolist() == pixels["x"].tolist()  # the join keeps the pixel order
+    flat = rgb.reshape(-1, 3)
+    counts = {
+        tuple(c): n for c, n in zip(*np.unique(flat, axis=0, return_counts=True), strict=True)
+    }
+    assert [counts[c] for c in zip(frame["r"], frame["g"], frame["b"], strict=True)] == frame[
+        "pixel_count"
+    ].tolist()
     if features != "rgb":
-        expected = REFERENCE[features](rgb).reshape(-1, 3).astype(np.float32)
-        got = np.column_stack([table.column(c).to_numpy() for c in EXTRA[features]])
-        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
+        expected = REFERENCE[features](rgb).reshape(-1, 3)
+        got = joined[list(EXTRA[features])].to_numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("features", SPACES)
+def test_the_histogram_read_back_is_the_images_with_its_features(tmp_path, rgb, features):
+    path = tmp_path / "colours.parquet"
+    pq.write_table(colour_table(rgb, features=features), path)
+    hist = histogram_from_colour_table(pq.read_table(path), where=str(path))
+    expected = colour_histogram(rgb)
+    np.testing.assert_array_equal(hist.colours, expected.colours)
+    np.testing.assert_array_equal(hist.counts, expected.counts)
+    assert hist.shape == expected.shape
+    np.testing.assert_array_equal(hist.features(features), expected.features(features))
+
+
+def test_a_bad_colour_table_is_refused_naming_it(rgb):
+    table = colour_table(rgb, features="lab")
+    short = table.slice(1)
+    with pytest.raises(KsegError, match=r"^c\.parquet: pixel counts add up to \d+, expected"):
+        histogram_from_colour_table(short, where="c.parquet")
+    with pytest.raises(KsegError, match="not a kseg colour table"):
+        histogram_from_colour_table(table.drop_columns(["lab_l"]), where="c.parquet")
+    swapped = pa.concat_tables([table.slice(1, 1), table.slice(0, 1), table.slice(2)])
+    with pytest.raises(KsegError, match="not distinct and sorted"):
+        histogram_from_colour_table(swapped, where="c.parquet")
+    with pytest.raises(KsegError, match="metadata"):
+        histogram_from_colour_table(table.replace_schema_metadata({}), where="c.parquet")
+
+
+def test_the_pixel_table_is_about_three_bytes_per_pixel_in_parquet(tmp_path, photo):
+    # Schema 1 repeated float32 colour channels on every row: about 10 bytes per pixel.
+    rgb = photo("astronaut", 256)
+    size = write_feature_table(feature_table(rgb), tmp_path / "f.parquet")
+    assert size / (rgb.shape[0] * rgb.shape[1]) < 3.5
 
 
 def test_image_from_feature_table_gives_the_image_back(rgb):
