@@ -377,7 +377,8 @@ class Store:
         info: Mapping[str, Any] | None = None,
         seconds: float = 0.0,
     ) -> Manifest:
-        """Write a step's files, then its manifest, each atomically.
+        """Write a step's files, then its manifest, each atomically; then remove the
+        files the step's previous manifest listed that it no longer writes.
 
         Parameters
         ----------
@@ -403,6 +404,7 @@ class Store:
         parts = self._parts(partition)
         for name in files:
             self._name(name)
+        previous = self.manifest(partition, asset)
         entries = {}
         for name, data in files.items():
             self._write(parts, name, data)
@@ -418,7 +420,23 @@ class Store:
             created=datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="seconds"),
         )
         self._write(parts, f"{asset}.manifest.json", manifest.to_json())
+        if previous is not None:
+            self._remove_dropped(partition, asset, set(previous.files) - set(files))
         return manifest
+
+    def _remove_dropped(self, partition: str | None, asset: str, dropped: set[str]) -> None:
+        """Remove files a step's previous version wrote and this one no longer does (a
+        renamed output after an upgrade), unless another step's manifest lists them."""
+        if not dropped:
+            return
+        parts = self._parts(partition)
+        suffix = ".manifest.json"
+        for name in self.files.names(parts):
+            other = name[: -len(suffix)] if name.endswith(suffix) else None
+            if other and other != asset and (found := self.manifest(partition, other)):
+                dropped -= set(found.files)
+        for name in dropped:
+            self.files.remove(parts, name)
 
     # -- descriptions -----------------------------------------------------------------
     def description(self, manifest: Manifest, version: str) -> str | None:

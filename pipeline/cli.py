@@ -1,9 +1,9 @@
 """``kseg segment``: the engine from the command line, no Dagster involved.
 
 For each image it writes, into ``OUT/<image stem>/``: ``segmented.png``,
-``labels.png``, ``overlay.png``, ``segments.parquet``, ``elbow.parquet``,
+``labels.png``, ``overlay.jpg``, ``segments.parquet``, ``elbow.parquet``,
 ``elbow.png``, the regions (unless ``--no-regions``: ``regions.png``,
-``regions_overlay.png``, ``regions.parquet``, ``region_merges.parquet``) and, last,
+``regions_overlay.jpg``, ``regions.parquet``, ``region_merges.parquet``) and, last,
 ``summary.json``. Everything is computed before the first file is written, and every
 file is written atomically, so a bad image leaves no file behind and an interrupted
 run never leaves a half-written file under its final name.
@@ -266,7 +266,7 @@ def _segment_one(
     from .io import atomic_write, atomic_write_bytes
     from .plots import elbow_plot_png
     from .regions import merges_to_arrow
-    from .render import boundaries_on, boundary_overlay, encode_png, segment_table
+    from .render import boundaries_on, boundary_overlay, encode_jpeg, encode_png, segment_table
     from .segment import image_regions, segment_image
     from .sweep import sweep_to_arrow
 
@@ -281,12 +281,19 @@ def _segment_one(
     )
     # Before any output and before the PNG thread starts: its row-block sums then do not
     # overlap the encoders' copies of the image (the command's peak memory at 12 MP).
-    segments = segment_table(image.rgb, seg.labels, hist=result.hist)
+    # Regions made from the chosen clustering have already counted its pieces.
+    pieces = None if regions is None or region_settings.source != "chosen" else regions
+    segments = segment_table(
+        image.rgb,
+        seg.labels,
+        hist=result.hist,
+        n_components=None if pieces is None else pieces.cluster_pieces,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
         "segmented": out_dir / "segmented.png",
         "labels": out_dir / "labels.png",
-        "overlay": out_dir / "overlay.png",
+        "overlay": out_dir / "overlay.jpg",
         "segments": out_dir / "segments.parquet",
         "elbow": out_dir / "elbow.parquet",
         "elbow_plot": out_dir / "elbow.png",
@@ -294,7 +301,7 @@ def _segment_one(
     if regions is not None:
         outputs |= {
             "regions": out_dir / "regions.png",
-            "regions_overlay": out_dir / "regions_overlay.png",
+            "regions_overlay": out_dir / "regions_overlay.jpg",
             "regions_table": out_dir / "regions.parquet",
             "region_merges": out_dir / "region_merges.parquet",
         }
@@ -303,19 +310,22 @@ def _segment_one(
     def write_png(name: str, make: Any) -> None:
         atomic_write_bytes(outputs[name], encode_png(make()))
 
-    # Pillow releases the GIL while it compresses, so the three PNGs (most of the output
+    def write_jpeg(name: str, make: Any) -> None:
+        atomic_write_bytes(outputs[name], encode_jpeg(make()))
+
+    # Pillow releases the GIL while it compresses, so the pictures (most of the output
     # time at 12 MP) are encoded on a second thread while this one does the rest.
     with ThreadPoolExecutor(max_workers=1) as pool:
         pngs = [
             pool.submit(write_png, "segmented", lambda: seg.segmented),
             pool.submit(write_png, "labels", lambda: seg.labels),
-            pool.submit(write_png, "overlay", lambda: boundary_overlay(image.rgb, seg.labels)),
+            pool.submit(write_jpeg, "overlay", lambda: boundary_overlay(image.rgb, seg.labels)),
         ]
         if regions is not None:
             pngs += [
                 pool.submit(write_png, "regions", lambda: regions.labels),
                 pool.submit(
-                    write_png, "regions_overlay", lambda: boundaries_on(image.rgb, regions.labels)
+                    write_jpeg, "regions_overlay", lambda: boundaries_on(image.rgb, regions.labels)
                 ),
             ]
             with atomic_write(outputs["regions_table"]) as tmp:

@@ -31,11 +31,12 @@ COLOUR_CHANNELS: dict[str, tuple[str, str, str]] = {
 #: Nominal span of each colour space's first channel, used to scale position features.
 COLOUR_SPANS: dict[str, float] = {"rgb": 255.0, "lab": 100.0, "hsv": 1.0}
 
-# From this many pixels on, mapping pixels to colours goes through a lookup table
-# over all 2**24 colours (one gather) rather than a binary search per pixel.
+# From this many pixels on, counting colours and mapping pixels to colours go through
+# a table over all 2**24 colours rather than sorting and binary searches.
 _LUT_MIN_PIXELS = 2_000_000
 _N_KEYS = 1 << 24
 _LOOKUP_CHUNK = 1 << 18
+_COUNT_CHUNK = 1 << 23
 
 
 def lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -201,6 +202,33 @@ class ColourHistogram:
         return values[np.searchsorted(colour_keys, keys)]
 
 
+def _sort_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys and their counts by sorting a copy and cutting the runs: the
+    faster way below a few megapixels (no 128 MB table to clear)."""
+    keys = keys.copy()
+    keys.sort()
+    starts = np.empty(keys.size, dtype=bool)
+    starts[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=starts[1:])
+    first = np.flatnonzero(starts)
+    return keys[first], np.diff(np.append(first, keys.size)).astype(np.int64)
+
+
+def _count_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys and their counts with a bincount over all 2**24 colours.
+
+    About 4x faster than sorting from 12 megapixels on (0.13 s against 0.49 s here,
+    0.4-0.8 s against 2.3-3.1 s at 48 MP). Chunks of 8M keys bound the temporary
+    that bincount's conversion of the keys to ``intp`` makes (64 MB, not 8 bytes per
+    pixel).
+    """
+    counts = np.zeros(_N_KEYS, dtype=np.int64)
+    for start in range(0, keys.size, _COUNT_CHUNK):
+        counts += np.bincount(keys[start : start + _COUNT_CHUNK], minlength=_N_KEYS)
+    distinct = np.flatnonzero(counts)
+    return distinct.astype(np.uint32), counts[distinct]
+
+
 def colour_histogram(rgb: np.ndarray) -> ColourHistogram:
     """Collapse an image to its distinct colours with their pixel counts.
 
@@ -214,18 +242,11 @@ def colour_histogram(rgb: np.ndarray) -> ColourHistogram:
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
-    # Sorting the packed keys (numpy's SIMD sort: 0.06 s at 12 MP) and cutting the
-    # runs beats a 2**24-bin bincount (0.2-0.6 s, random writes into 128 MB).
     pixel_keys = pack_rgb(rgb)
-    keys = pixel_keys.ravel().copy()
-    keys.sort()
-    starts = np.empty(keys.size, dtype=bool)
-    starts[:1] = True
-    np.not_equal(keys[1:], keys[:-1], out=starts[1:])
-    first = np.flatnonzero(starts)
-    distinct = keys[first]
-    counts = np.diff(np.append(first, keys.size)).astype(np.int64)
-    del keys, starts
+    if pixel_keys.size >= _LUT_MIN_PIXELS:
+        distinct, counts = _count_keys(pixel_keys.ravel())
+    else:
+        distinct, counts = _sort_keys(pixel_keys.ravel())
     colours = np.empty((distinct.size, 3), dtype=np.uint8)
     colours[:, 0] = distinct >> 16
     colours[:, 1] = (distinct >> 8) & 0xFF

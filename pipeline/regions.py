@@ -124,6 +124,10 @@ class Regions:
         Connected components of the clusters before folding.
     n_folded : int
         Regions after folding (the start of the merge curve).
+    cluster_pieces : (K,) ndarray of int64
+        Connected components of each cluster ``0 .. K-1`` of the clustering the regions
+        started from (K its largest label plus one): the segment table's
+        ``n_components`` when that clustering is the segmentation's.
     seconds : dict of str to float
         Wall time of building the hierarchy (``hierarchy``: components, folding,
         merges) and of the rest (``labels``: stop, label map, table).
@@ -136,6 +140,7 @@ class Regions:
     choice: StopChoice
     n_components: int
     n_folded: int
+    cluster_pieces: np.ndarray
     seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
     def merge_table(self) -> pd.DataFrame:
@@ -360,6 +365,7 @@ def find_regions(
         choice=choice,
         n_components=graph.n_components,
         n_folded=graph.curve.n_start,
+        cluster_pieces=np.bincount(graph.owner, minlength=int(clusters.max()) + 1),
         seconds={"hierarchy": t1 - t0, "labels": t2 - t1},
     )
 

@@ -17,6 +17,7 @@ from dagster_helpers import (
     store_mtimes,
     write_image,
 )
+from PIL import Image
 
 from assets.definitions import defs
 from assets.incoming import partition_key_for
@@ -107,6 +108,8 @@ def test_every_asset_materialises_with_metadata_and_passing_checks(
     region_map = decode_png((folder / "region_map.png").read_bytes())
     assert region_map.shape == labels.shape
     assert set(np.unique(region_map)) == set(range(n_regions))
+    with Image.open(folder / "region_boundaries.jpg") as drawn:
+        assert drawn.format == "JPEG" and drawn.size == (raw["width"].value, 48)
     table = pd.read_parquet(folder / "region_stats.parquet")
     assert table["pixel_count"].sum() == labels.size
     assert table["region"].tolist() == list(range(n_regions))

@@ -85,6 +85,24 @@ def test_a_linked_file_cannot_lead_outside_the_root(tmp_path: Path) -> None:
     assert store.intact(KEY, "chosen_k", "k") is None  # a link is never a cache hit
 
 
+@pytest.mark.parametrize("root", ["local", "memory://kseg-test-dropped"])
+def test_a_file_a_new_step_version_no_longer_writes_is_removed(tmp_path: Path, root) -> None:
+    """An upgrade that renames an output (region_boundaries.png became .jpg) leaves no
+    orphan behind; a file another step's manifest lists is never removed."""
+    store = Store(tmp_path / "store" if root == "local" else root)
+    store.save(KEY, "chosen_k", cache_key="c", code_version="1", files={"shared.json": b"{}"})
+    old = {"boundaries.png": b"old", "preview.jpg": b"p", "shared.json": b"{}"}
+    store.save(KEY, "region_boundaries", cache_key="k1", code_version="1", files=old)
+    new = {"boundaries.jpg": b"new", "preview.jpg": b"p2"}
+    store.save(KEY, "region_boundaries", cache_key="k2", code_version="2", files=new)
+    assert store.read_bytes(KEY, "boundaries.jpg") == b"new"
+    with pytest.raises(StoreError, match="not in the store"):
+        store.read_bytes(KEY, "boundaries.png")
+    assert store.read_bytes(KEY, "shared.json") == b"{}"  # chosen_k's
+    assert store.intact(KEY, "region_boundaries", "k2") is not None
+    assert store.intact(KEY, "chosen_k", "c") is not None
+
+
 def test_an_fsspec_root_works_like_a_folder() -> None:
     store = Store("memory://kseg-test-store")
     store.save(KEY, "chosen_k", cache_key="k", code_version="1", files={"chosen_k.json": b"{}"})

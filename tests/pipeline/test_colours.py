@@ -140,6 +140,22 @@ def test_big_image_histogram_matches_np_unique(big_random_image):
     assert (counts > 1).any() and (counts == 1).any()
 
 
+def test_counting_in_chunks_agrees_with_sorting(big_random_image, monkeypatch):
+    """The table path sums bincounts of chunks of keys: 1M-key chunks cut this image
+    into two whole chunks and a partial one, and the sum is exactly the sorted runs."""
+    from pipeline import colours as module
+
+    monkeypatch.setattr(module, "_COUNT_CHUNK", 1 << 20)
+    rgb = big_random_image
+    hist = colour_histogram(rgb)
+    keys = independent_keys(rgb).ravel().astype(np.uint32)
+    assert keys.size > 2 * (1 << 20) and keys.size % (1 << 20)
+    distinct, counts = module._sort_keys(keys)
+    np.testing.assert_array_equal(independent_keys(hist.colours), distinct)
+    np.testing.assert_array_equal(hist.counts, counts)
+    assert hist.counts.dtype == np.int64 and hist.colours.dtype == np.uint8
+
+
 def test_big_image_pixel_index_round_trips(big_random_image):
     rgb = big_random_image
     hist = colour_histogram(rgb)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 import skimage.color
 from hypothesis import HealthCheck, given
@@ -19,6 +20,7 @@ from pipeline.render import (
     boundaries_on,
     boundary_overlay,
     decode_png,
+    encode_jpeg,
     encode_png,
     neighbours_jpeg,
     preview_jpeg,
@@ -222,6 +224,20 @@ def test_segment_table_known_components():
     check_segment_table(rgb, labels)
 
 
+def test_segment_table_takes_the_pieces_the_regions_counted(coffee):
+    """kseg segment hands the region stage's component counts to the table: the same
+    table as counting again, and a count per segment is required."""
+    from pipeline.regions import find_regions
+
+    rgb, _, _, seg, _ = coffee
+    regions = find_regions(rgb, seg.labels)
+    assert regions.cluster_pieces.sum() == regions.n_components
+    given = segment_table(rgb, seg.labels, n_components=regions.cluster_pieces)
+    pd.testing.assert_frame_equal(given, segment_table(rgb, seg.labels))
+    with pytest.raises(ValueError, match="one count per segment"):
+        segment_table(rgb, seg.labels, n_components=regions.cluster_pieces[:-1])
+
+
 def test_segment_table_random_labels():
     rng = np.random.default_rng(9)
     labels = rng.integers(0, 5, size=(23, 31)).astype(np.uint8)
@@ -257,6 +273,24 @@ def test_png_round_trip_of_real_labels(coffee):
     _, _, _, seg, _ = coffee
     np.testing.assert_array_equal(decode_png(encode_png(seg.labels)), seg.labels)
     np.testing.assert_array_equal(decode_png(encode_png(seg.segmented)), seg.segmented)
+
+
+def test_full_size_jpeg_keeps_one_pixel_magenta_lines(coffee):
+    rgb, _, _, seg, _ = coffee
+    drawn = boundary_overlay(rgb, seg.labels)
+    edge = (drawn == [255, 0, 255]).all(axis=-1) & (rgb != [255, 0, 255]).any(axis=-1)
+    data = encode_jpeg(drawn)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "JPEG" and image.size == (rgb.shape[1], rgb.shape[0])
+        assert image.layer[0][1:3] == image.layer[1][1:3] == (1, 1)  # 4:4:4: no subsampling
+        back = np.asarray(image)
+    error = np.abs(back.astype(np.int16) - drawn)
+    assert error.mean() < 6 and error[edge].mean() < 20
+    subsampled = io.BytesIO()
+    Image.fromarray(drawn).save(subsampled, format="JPEG", quality=92, subsampling=2)
+    with Image.open(subsampled) as image:
+        usual = np.abs(np.asarray(image).astype(np.int16) - drawn)
+    assert error[edge].mean() < usual[edge].mean() / 2  # why 4:4:4
 
 
 def test_thumbnail_never_upscales_and_keeps_aspect(photo):
