@@ -18,15 +18,22 @@ import yaml
 from filelock import FileLock
 
 from pipeline.errors import KsegError
+from pipeline.images import DEFAULT_MAX_PIXELS
 from pipeline.io import atomic_write_bytes
 
 from .storage import PROJECT_ROOT
 
-__all__ = ["DAGSTER_YAML", "diagnose", "instance_yaml", "open_instance", "project_home"]
+__all__ = [
+    "DAGSTER_YAML",
+    "diagnose",
+    "image_run_limit",
+    "instance_yaml",
+    "machine_memory",
+    "open_instance",
+    "project_home",
+]
 
-DAGSTER_YAML = """\
-# Dagster instance of the kseg project, created by `kseg run`.
-# Open the UI on it with `kseg ui` (DAGSTER_HOME=<this folder> dagster dev -w workspace.yaml).
+_BODY = """\
 telemetry:
   enabled: false
 nux:
@@ -43,11 +50,34 @@ run_monitoring:
   enabled: true
   poll_interval_seconds: 30
 """
+DAGSTER_YAML = (
+    """\
+# Dagster instance of the kseg project, created by `kseg run`.
+# Open the UI on it with `kseg ui` (DAGSTER_HOME=<this folder> dagster dev -w workspace.yaml).
+"""
+    + _BODY
+    + """\
+# The memory budget: at most {image_runs} runs of per-image steps (pool kseg_images) at
+# once, each up to {run_gb} GB for an image of {megapixels} megapixels, within {budget_gb} GB
+# (3/4 of this machine's memory); more runs wait in the run queue. Change it here, or in
+# the UI (Deployment > Concurrency) or with `dagster instance concurrency set kseg_images N`.
+concurrency:
+  pools:
+    granularity: run
+    default_limit: {image_runs}
+"""
+)
+#: Peak memory of one run of the per-image steps, per pixel of its largest image and in
+#: all (Python, Dagster, the code location): measured on a 48-megapixel JPEG through
+#: ``kseg run`` (2.4 GB, 50 bytes per pixel; see README "The pipeline at every size").
+RUN_BYTES_PER_PIXEL = 50
+RUN_BASE_BYTES = 400 * 10**6
 
 #: The head of the ``dagster.yaml`` earlier kseg versions wrote: found unedited, it is
 #: replaced (the pooled event log they named was removed; the databases are the same).
 _EARLIER_HEAD = "# Dagster instance of the kseg project, created by `kseg run`.\n"
 _EARLIER_BODIES = (
+    _BODY.replace("{", "{{").replace("}", "}}"),  # 2026-12-01: no memory budget
     "telemetry:\n  enabled: false\nnux:\n  enabled: false\n",
     "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
     "# Dagster's SQLite event log with pooled connections (see assets/event_storage.py).\n"
@@ -62,10 +92,42 @@ def project_home() -> Path:
     return Path(env).expanduser().absolute() if env else PROJECT_ROOT / ".dagster_home"
 
 
-def instance_yaml(home: Path) -> str:
-    """The ``dagster.yaml`` of a new kseg instance in ``home``."""
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit if lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def image_run_limit(memory: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """How many runs of per-image steps fit in 3/4 of ``memory`` bytes at once (at least 1),
+    each budgeted for an image of ``max_pixels`` (the largest kseg accepts)."""
+    per_run = max_pixels * RUN_BYTES_PER_PIXEL + RUN_BASE_BYTES
+    return max(1, int(0.75 * memory // per_run))
+
+
+def instance_yaml(home: Path, *, image_runs: int | None = None) -> str:
+    """The ``dagster.yaml`` of a new kseg instance in ``home``.
+
+    Parameters
+    ----------
+    home : Path
+    image_runs : int, optional
+        The memory budget, as runs of per-image steps at once; default
+        :func:`image_run_limit` of :func:`machine_memory`.
+    """
     del home  # Dagster's defaults place every database under the home itself
-    return DAGSTER_YAML
+    memory = machine_memory()
+    runs = image_run_limit(memory) if image_runs is None else image_runs
+    return DAGSTER_YAML.format(
+        image_runs=runs,
+        run_gb=f"{(DEFAULT_MAX_PIXELS * RUN_BYTES_PER_PIXEL + RUN_BASE_BYTES) / 1e9:.1f}",
+        megapixels=DEFAULT_MAX_PIXELS // 10**6,
+        budget_gb=f"{0.75 * memory / 1e9:.1f}",
+    )
 
 
 def _written_by_earlier_kseg(text: str, home: Path) -> bool:

@@ -15,6 +15,7 @@ __all__ = [
     "GROUP_REPORT",
     "GROUP_SEGMENTATION",
     "IMAGE_ASSETS",
+    "IMAGE_POOL",
     "LABELS",
     "LAUNCHED_BY_TAG",
     "PARTITIONS_NAME",
@@ -71,6 +72,12 @@ BATCH_SIZE = 50
 #: per-image limit sees (a range run is tagged with its ends only, so the limit cannot
 #: see its images), and the images of a backfill spread over all workers.
 BATCH_ENV = "KSEG_BATCH_SIZE"
+
+#: Dagster concurrency pool of every per-image step. kseg's instance limits it at run
+#: granularity (:func:`assets.instance.image_run_limit`): runs of images beyond the
+#: limit wait in the run queue, so many large images dropped at once cannot exhaust
+#: the machine's memory.
+IMAGE_POOL = "kseg_images"
 
 #: Dagster's run tags for one partition and for a range of partitions.
 PARTITION_TAG = "dagster/partition"

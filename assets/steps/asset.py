@@ -25,7 +25,7 @@ from ..automation import IMAGE_CONDITION
 from ..dagster_gaps import check_events, observation
 from ..incoming import is_valid_partition_key, look, partition_key_for, read_source
 from ..metadata import column_schema, file_link
-from ..names import BATCH_SIZE, SETTINGS, SOURCE
+from ..names import BATCH_SIZE, IMAGE_POOL, SETTINGS, SOURCE
 from ..observations import LatestObservations, latest_observations
 from ..partitions import IMAGES
 from ..settings import ProjectSettings
@@ -201,6 +201,7 @@ def step_asset(step: Step, *, batch_size: int = BATCH_SIZE) -> dg.AssetsDefiniti
         backfill_policy=policy,
         can_subset=True,
         description=step.description,
+        pool=IMAGE_POOL,
     )
     def _asset(
         context: dg.AssetExecutionContext,

@@ -197,6 +197,48 @@ def test_the_project_instance_is_created_with_telemetry_off(tmp_path: Path) -> N
         instance.dispose()
 
 
+def test_the_instance_has_a_memory_budget_for_image_runs(tmp_path: Path) -> None:
+    """A new instance queues runs of per-image steps beyond what 3/4 of the memory holds
+    (each run budgeted for a 100-megapixel image); the limit Dagster reads is that one."""
+    from assets.instance import RUN_BASE_BYTES, image_run_limit, machine_memory
+    from assets.names import IMAGE_POOL
+
+    per_run = 100_000_000 * 50 + RUN_BASE_BYTES  # 5.4 GB
+    assert image_run_limit(24 * 2**30) == 3  # this kind of machine: 19.3 GB budget
+    assert image_run_limit(64 * 2**30) == 9
+    assert image_run_limit(2 * 2**30) == 1  # never zero: one run always goes
+    assert image_run_limit(4 * per_run, max_pixels=100_000_000) == 3
+    home = tmp_path / "home"
+    instance = open_instance(home)
+    try:
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.pool_granularity.value == "run"
+        assert pools.default_pool_limit == image_run_limit(machine_memory())
+        assert "kseg_images N`" in (home / "dagster.yaml").read_text()
+        assert IMAGE_POOL == "kseg_images"
+    finally:
+        instance.dispose()
+
+
+def test_an_unedited_instance_file_of_the_previous_kseg_gets_the_budget(tmp_path: Path) -> None:
+    from assets.instance import _BODY
+
+    home = tmp_path / "home"
+    home.mkdir()
+    previous = (
+        "# Dagster instance of the kseg project, created by `kseg run`.\n"
+        "# Open the UI on it with `kseg ui` (DAGSTER_HOME=<this folder> dagster dev -w "
+        "workspace.yaml).\n" + _BODY
+    )
+    (home / "dagster.yaml").write_text(previous)
+    open_instance(home).dispose()
+    assert "granularity: run" in (home / "dagster.yaml").read_text()
+    edited = previous + "# mine\n"
+    (home / "dagster.yaml").write_text(edited)
+    open_instance(home).dispose()
+    assert (home / "dagster.yaml").read_text() == edited  # a user's file is left alone
+
+
 @pytest.mark.parametrize(
     ("wanted", "size", "expected"),
     [

@@ -48,6 +48,9 @@ class DagsterDev:
         Seconds to wait for ``/server_info``.
     nux : bool
         Leave Dagster's first-visit community pop-up on (off by default).
+    image_runs : int, optional
+        The instance's memory budget in runs of per-image steps (default: this
+        machine's, as ``kseg run`` writes it).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class DagsterDev:
         env: dict[str, str] | None = None,
         startup_timeout: float = 120,
         nux: bool = False,
+        image_runs: int | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.home = self.workdir / "home"
@@ -68,6 +72,7 @@ class DagsterDev:
         self.extra_env = env or {}
         self.startup_timeout = startup_timeout
         self.nux = nux
+        self.image_runs = image_runs
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> DagsterDev:
@@ -75,7 +80,7 @@ class DagsterDev:
             folder.mkdir(parents=True, exist_ok=True)
         # The instance `kseg run` creates (Dagster's stock SQLite storage, telemetry off),
         # so the UI is tested on the configuration users open it on.
-        config = instance_yaml(self.home)
+        config = instance_yaml(self.home, image_runs=self.image_runs)
         if self.nux:
             config = config.replace("nux:\n  enabled: false\n", "")
         (self.home / "dagster.yaml").write_text(config)
