@@ -1,7 +1,8 @@
-"""The two places where Dagster 1.13 has no public API for what kseg needs, worked around.
+"""The three places where Dagster 1.13 falls short of what kseg needs, worked around.
 
 Everything else in kseg uses Dagster's public API. ``tests/assets/test_dagster_gaps.py``
-fails as soon as either gap closes upstream, so the workaround can be replaced then.
+(and, for the third, ``tests/e2e/test_memory_budget.py``) fails as soon as a gap
+closes upstream, so the workaround can be replaced then.
 
 1. **Per-partition check results in a run over several partitions.**
    ``AssetCheckResult`` has no partition: in a run that materialises a range of
@@ -23,6 +24,16 @@ fails as soon as either gap closes upstream, so the workaround can be replaced t
    ``ObserveResult``).
    Workaround, :func:`observation`: an ``AssetObservation`` with the tag Dagster
    itself writes for a data version (what ``DataVersionsByPartition`` does).
+
+3. **A pool's default limit is ignored in the first run-queue pass that meets the pool.**
+   The queued-run daemon reads the configured pools before it gives a new pool the
+   instance's ``concurrency.pools.default_limit``, so every run queued in that pass is
+   dequeued unlimited: on a new instance the first images dropped at once all start
+   together, whatever the memory budget. The same symptom was fixed once upstream
+   (dagster-io/dagster#25430); this form is not reported yet.
+   Workaround, :func:`apply_pool_default`: give the pool its default limit when kseg
+   opens its instance (``kseg run``, ``kseg ui``), through the event log storage method
+   the daemon itself calls for it.
 """
 
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,7 +41,13 @@ from typing import Any
 
 import dagster as dg
 
-__all__ = ["DATA_VERSION_TAG", "check_events", "observation", "observed_version"]
+__all__ = [
+    "DATA_VERSION_TAG",
+    "apply_pool_default",
+    "check_events",
+    "observation",
+    "observed_version",
+]
 
 #: The tag holding an observation's data version (Dagster's own name for it).
 DATA_VERSION_TAG = "dagster/data_version"
@@ -91,3 +108,20 @@ def check_events(
     for check_key in sorted(selected, key=lambda k: k.name):
         name = context.assets_def.get_output_name_for_asset_check_key(check_key)
         yield dg.Output(None, output_name=name)
+
+
+def apply_pool_default(instance: dg.DagsterInstance, pool: str) -> None:
+    """Give ``pool`` the instance's default pool limit now, not at the first queue pass.
+
+    A limit set explicitly (UI, ``dagster instance concurrency set``) is kept; without
+    a default limit, or on storage without pools, nothing changes.
+    """
+    default = instance.global_op_concurrency_default_limit
+    storage = instance.event_log_storage
+    if default is None or not storage.supports_global_concurrency_limits:
+        return
+    # As the daemon decides it: a pool without a limit yet, or one that follows the
+    # default and lags behind it (the storage call would overwrite any other limit).
+    current = {limit.name: limit for limit in storage.get_pool_limits()}.get(pool)
+    if current is None or (current.from_default and current.limit != default):
+        storage.initialize_concurrency_limit_to_default(pool)

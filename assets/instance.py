@@ -21,6 +21,8 @@ from pipeline.errors import KsegError
 from pipeline.images import DEFAULT_MAX_PIXELS
 from pipeline.io import atomic_write_bytes
 
+from .dagster_gaps import apply_pool_default
+from .names import IMAGE_POOL
 from .storage import PROJECT_ROOT
 
 __all__ = [
@@ -191,6 +193,7 @@ def open_instance(home: str | os.PathLike[str] | None = None) -> dg.DagsterInsta
             instance.get_run_records(limit=1)
             instance.get_dynamic_partitions("images")
             instance.all_instigator_state()
+            apply_pool_default(instance, IMAGE_POOL)
         except Exception as exc:  # any failure to open: say which file, and why
             raise KsegError(diagnose(path, exc)) from exc
     return instance

@@ -216,6 +216,18 @@ def test_the_instance_has_a_memory_budget_for_image_runs(tmp_path: Path) -> None
         assert pools.default_pool_limit == image_run_limit(machine_memory())
         assert "kseg_images N`" in (home / "dagster.yaml").read_text()
         assert IMAGE_POOL == "kseg_images"
+        # The pool has its limit before any run is queued (assets.dagster_gaps, gap 3) ...
+        limits = {limit.name: limit for limit in instance.event_log_storage.get_pool_limits()}
+        assert limits[IMAGE_POOL].limit == pools.default_pool_limit
+        assert limits[IMAGE_POOL].from_default
+        # ... and a limit the user set (UI, `dagster instance concurrency set`) is kept.
+        instance.event_log_storage.set_concurrency_slots(IMAGE_POOL, 7)
+    finally:
+        instance.dispose()
+    instance = open_instance(home)
+    try:
+        limits = {limit.name: limit for limit in instance.event_log_storage.get_pool_limits()}
+        assert limits[IMAGE_POOL].limit == 7 and not limits[IMAGE_POOL].from_default
     finally:
         instance.dispose()
 

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from assets.instance import instance_yaml
+from assets.instance import instance_yaml, open_instance
 
 REPO = Path(__file__).resolve().parents[2]
 DAGSTER = Path(sys.executable).with_name("dagster")
@@ -51,6 +51,11 @@ class DagsterDev:
     image_runs : int, optional
         The instance's memory budget in runs of per-image steps (default: this
         machine's, as ``kseg run`` writes it).
+    dequeue_seconds : int, optional
+        How often the run queue is checked (kseg's instance: every second).
+    prepared : bool
+        Open the instance with kseg first, as ``kseg ui`` does before it starts
+        ``dagster dev`` (False: ``dagster dev`` on the bare configuration).
     """
 
     def __init__(
@@ -61,6 +66,8 @@ class DagsterDev:
         startup_timeout: float = 120,
         nux: bool = False,
         image_runs: int | None = None,
+        dequeue_seconds: int | None = None,
+        prepared: bool = True,
     ) -> None:
         self.workdir = Path(workdir)
         self.home = self.workdir / "home"
@@ -73,6 +80,8 @@ class DagsterDev:
         self.startup_timeout = startup_timeout
         self.nux = nux
         self.image_runs = image_runs
+        self.dequeue_seconds = dequeue_seconds
+        self.prepared = prepared
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> DagsterDev:
@@ -83,7 +92,12 @@ class DagsterDev:
         config = instance_yaml(self.home, image_runs=self.image_runs)
         if self.nux:
             config = config.replace("nux:\n  enabled: false\n", "")
+        if self.dequeue_seconds is not None:
+            interval = f"dequeue_interval_seconds: {self.dequeue_seconds}"
+            config = config.replace("dequeue_interval_seconds: 1", interval)
         (self.home / "dagster.yaml").write_text(config)
+        if self.prepared:
+            open_instance(self.home).dispose()
         env = {
             **os.environ,
             "DAGSTER_HOME": str(self.home),
