@@ -69,10 +69,11 @@ concurrency:
     default_limit: {image_runs}
 """
 )
-#: Peak memory of one run of the per-image steps, per pixel of its largest image and in
-#: all (Python, Dagster, the code location): measured on a 48-megapixel JPEG through
-#: ``kseg run`` (2.4 GB, 50 bytes per pixel; see README "The pipeline at every size").
-RUN_BYTES_PER_PIXEL = 50
+#: Peak memory of one run of the per-image steps: per pixel of its largest image, plus
+#: Python, Dagster and the code location. A whole ``kseg run`` on a 100-megapixel JPEG
+#: mosaic peaked at 3.81 GB, 38 bytes per pixel all included
+#: (``benchmarks/bench_memory.py``, 2026-12-02); rounded up.
+RUN_BYTES_PER_PIXEL = 40
 RUN_BASE_BYTES = 400 * 10**6
 
 #: The head of the ``dagster.yaml`` earlier kseg versions wrote: found unedited, it is

@@ -203,9 +203,9 @@ def test_the_instance_has_a_memory_budget_for_image_runs(tmp_path: Path) -> None
     from assets.instance import RUN_BASE_BYTES, image_run_limit, machine_memory
     from assets.names import IMAGE_POOL
 
-    per_run = 100_000_000 * 50 + RUN_BASE_BYTES  # 5.4 GB
-    assert image_run_limit(24 * 2**30) == 3  # this kind of machine: 19.3 GB budget
-    assert image_run_limit(64 * 2**30) == 9
+    per_run = 100_000_000 * 40 + RUN_BASE_BYTES  # 4.4 GB
+    assert image_run_limit(24 * 2**30) == 4  # this kind of machine: 19.3 GB budget
+    assert image_run_limit(64 * 2**30) == 11
     assert image_run_limit(2 * 2**30) == 1  # never zero: one run always goes
     assert image_run_limit(4 * per_run, max_pixels=100_000_000) == 3
     home = tmp_path / "home"
