@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,20 +84,25 @@ def make_env(folder: Path) -> Path:
 def timed(args: list[str], timeout: float) -> dict:
     """Run a whole process under GNU time: wall seconds, peak MB, its JSON line (if any)."""
     started = time.perf_counter()
-    try:
-        done = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return {"killed": timeout}
+    # Its own process group: on a timeout the tool itself is killed, not only GNU time
+    # (an orphaned sweep would load the machine for every later measurement).
+    with subprocess.Popen(
+        ["/usr/bin/time", "-f", "%M", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return {"killed": timeout}
     wall = time.perf_counter() - started
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-3:]}
-    text = done.stdout.strip()
+    if proc.returncode != 0:
+        return {"error": stderr.strip().splitlines()[-3:]}
+    text = stdout.strip()
     if text.startswith("["):  # kseg segment --json: one indented array
         document = json.loads(text)
     else:  # the peers and reference.py: one JSON line last
@@ -103,7 +110,7 @@ def timed(args: list[str], timeout: float) -> dict:
         document = json.loads(lines[-1]) if lines else None
     return {
         "wall": wall,
-        "peak_mb": int(done.stderr.strip().splitlines()[-1]) / 1024,
+        "peak_mb": int(stderr.strip().splitlines()[-1]) / 1024,
         "json": document,
     }
 
