@@ -32,7 +32,11 @@ def _compute(inputs: Inputs) -> Computed:
         source_bytes=len(data),
         unique_colours=colour_histogram(loaded.rgb).n_colours,
     )
-    return Computed({RAW_FILE: encode_png(loaded.rgb)}, info, value=loaded.rgb)
+    # zlib level 1: the same pixels (so the code version stands and stored copies stay
+    # valid), 5% more bytes than level 3 and a third less time (0.8 against 1.3 s at
+    # 12 MP): this lossless copy of a photo is the pipeline's largest PNG.
+    png = encode_png(loaded.rgb, compress_level=1)
+    return Computed({RAW_FILE: png}, info, value=loaded.rgb)
 
 
 def _describe(stored: Stored) -> tuple[dict[str, Any], list]:
