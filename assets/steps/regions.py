@@ -40,7 +40,7 @@ from .segmentation import label_map
 
 __all__ = [
     "BOUNDARIES_FILE", "BOUNDARIES_STEP", "MAP_FILE", "MAP_STEP", "MERGES_FILE", "STATS_FILE",
-    "STATS_STEP", "region_labels",
+    "STATS_STEP", "map_regions",
 ]  # fmt: skip
 
 MAP_FILE = "region_map.png"
@@ -77,9 +77,16 @@ def _regions(inputs: Inputs) -> Regions:
     return inputs.memo.get_or_load("regions", key, compute)
 
 
-def region_labels(inputs: Inputs) -> np.ndarray:
-    """The region map: from memory, or ``region_map.png`` (for steps reading it)."""
-    return inputs.value(REGION_MAP, lambda _: decode_png(inputs.read(REGION_MAP, MAP_FILE)))
+def map_regions(inputs: Inputs) -> Regions:
+    """The regions the stored region map was made of (for steps reading region_map).
+
+    The ones this process computed when it made that map (kept in memory under the
+    map's cache key), else computed again from the inputs. Not simply
+    :func:`_regions` of the current inputs: while another run on the same image takes
+    its turn between two steps of this one, label_map may already be that run's
+    while region_map is still this run's, and the table must describe the stored map.
+    """
+    return inputs.value(REGION_MAP, lambda _: _regions(inputs))
 
 
 def _map(inputs: Inputs) -> Computed:
@@ -97,7 +104,7 @@ def _map(inputs: Inputs) -> Computed:
         "choice": found.choice.to_dict(),
         "dtype": str(found.labels.dtype),
     }
-    return Computed(files, info, value=found.labels)
+    return Computed(files, info, value=found)
 
 
 def _describe_map(stored: Stored) -> tuple[dict[str, Any], list]:
@@ -155,7 +162,7 @@ def _describe_boundaries(stored: Stored) -> tuple[dict[str, Any], list]:
 
 
 def _stats(inputs: Inputs) -> Computed:
-    found = _regions(inputs)
+    found = map_regions(inputs)
     table = pa.Table.from_pandas(found.table, preserve_index=False).cast(_STATS_SCHEMA)
     return Computed({STATS_FILE: parquet_bytes(table)}, {"rows": found.n_regions})
 
@@ -170,7 +177,8 @@ def _describe_stats(stored: Stored) -> tuple[dict[str, Any], list]:
         **schema_metadata(table.schema, _STATS_SCHEMA),
         "largest_regions": frame_table(largest, columns=columns),
     }
-    check = check_region_table(frame, region_labels(stored.inputs))
+    # Always the stored map: the check is about what the store holds.
+    check = check_region_table(frame, decode_png(stored.inputs.read(REGION_MAP, MAP_FILE)))
     return metadata, [check]
 
 

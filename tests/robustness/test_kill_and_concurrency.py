@@ -282,7 +282,7 @@ def test_two_runs_on_one_image_at_the_same_time(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert run_a.returncode == 0, err_a.decode()[-3000:]
+    assert run_a.returncode == 0, (out_a.decode() + err_a.decode())[-3000:]
     assert run_b.returncode == 0, err_b.decode()[-3000:]
     assert json.loads(out_a)["pid"] == pid_a
 
