@@ -8,7 +8,7 @@ pixels through an index; the results are exactly those of a per-pixel computatio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -105,15 +105,17 @@ class ColourHistogram:
         Pixels of each colour; sums to ``n_pixels``.
     shape : tuple of int
         ``(height, width)`` of the image the histogram was taken from.
-    keys : (H, W) ndarray of uint32, optional
-        Every pixel's packed colour (:func:`pack_rgb`), kept from building the
-        histogram so mapping pixels to colours later does not pack them again.
+    index : (H, W) ndarray of int32, optional
+        Every pixel's index in :attr:`colours`, kept from building the histogram so
+        that mapping pixels to colours later (:meth:`pixel_index`, :meth:`broadcast`)
+        is one gather from a table of ``M`` entries. It takes the place of the packed
+        keys it was made from: one 4-byte map per pixel is held, not two.
     """
 
     colours: np.ndarray
     counts: np.ndarray
     shape: tuple[int, int]
-    keys: np.ndarray | None = field(default=None, repr=False, compare=False)
+    index: np.ndarray | None = field(default=None, repr=False, compare=False)
     _converted: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def features(self, space: str) -> np.ndarray:
@@ -143,10 +145,17 @@ class ColourHistogram:
         self._converted[space] = values
         return self
 
-    def _pixel_keys(self, rgb: np.ndarray) -> np.ndarray:
-        if self.keys is not None and self.keys.shape == tuple(rgb.shape[:2]):
-            return self.keys
-        return pack_rgb(rgb)
+    def without_index(self) -> ColourHistogram:
+        """This histogram without the per-pixel :attr:`index` (its colours, counts and
+        converted features shared), for holding on to once pixels need no more mapping."""
+        copy = replace(self, index=None)
+        copy._converted.update(self._converted)
+        return copy
+
+    def _kept_index(self, rgb: np.ndarray) -> np.ndarray | None:
+        if self.index is not None and self.index.shape == tuple(rgb.shape[:2]):
+            return self.index
+        return None
 
     @property
     def n_colours(self) -> int:
@@ -170,13 +179,8 @@ class ColourHistogram:
         -------
         index : (H, W) ndarray of int32
         """
-        keys = self._pixel_keys(rgb)
-        colour_keys = pack_rgb(self.colours)
-        if keys.size >= _LUT_MIN_PIXELS:
-            lut = np.zeros(_N_KEYS, dtype=np.int32)
-            lut[colour_keys] = np.arange(colour_keys.size, dtype=np.int32)
-            return lookup(lut, keys)
-        return np.searchsorted(colour_keys, keys).astype(np.int32)
+        kept = self._kept_index(rgb)
+        return _index_of(pack_rgb(rgb), self.colours) if kept is None else kept
 
     def broadcast(self, rgb: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Give every pixel the value of its colour.
@@ -192,14 +196,27 @@ class ColourHistogram:
         -------
         (H, W) ndarray of ``values.dtype``
         """
-        keys = self._pixel_keys(rgb)
-        colour_keys = pack_rgb(self.colours)
+        values = np.asarray(values)
+        kept = self._kept_index(rgb)
+        if kept is not None:
+            return lookup(values, kept)
+        keys = pack_rgb(rgb)
         if keys.size >= _LUT_MIN_PIXELS:
             # A lookup table over every 24-bit colour: one gather, no per-pixel index.
             lut = np.zeros(_N_KEYS, dtype=values.dtype)
-            lut[colour_keys] = values
+            lut[pack_rgb(self.colours)] = values
             return lookup(lut, keys)
-        return values[np.searchsorted(colour_keys, keys)]
+        return values[np.searchsorted(pack_rgb(self.colours), keys)]
+
+
+def _index_of(keys: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Index in ``colours`` (distinct, sorted by packed key) of every packed key."""
+    colour_keys = pack_rgb(colours)
+    if keys.size >= _LUT_MIN_PIXELS:
+        lut = np.zeros(_N_KEYS, dtype=np.int32)
+        lut[colour_keys] = np.arange(colour_keys.size, dtype=np.int32)
+        return lookup(lut, keys)
+    return np.searchsorted(colour_keys, keys).astype(np.int32)
 
 
 def _sort_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,8 +268,10 @@ def colour_histogram(rgb: np.ndarray) -> ColourHistogram:
     colours[:, 0] = distinct >> 16
     colours[:, 1] = (distinct >> 8) & 0xFF
     colours[:, 2] = distinct & 0xFF
+    index = _index_of(pixel_keys, colours)
+    del pixel_keys  # the index replaces the keys (4 bytes per pixel either way)
     return ColourHistogram(
-        colours=colours, counts=counts, shape=(rgb.shape[0], rgb.shape[1]), keys=pixel_keys
+        colours=colours, counts=counts, shape=(rgb.shape[0], rgb.shape[1]), index=index
     )
 
 

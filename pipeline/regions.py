@@ -29,6 +29,7 @@ from .colours import ColourHistogram, colour_histogram, lookup
 from .components import (
     ComponentSums,
     adjacent_pairs,
+    component_owners,
     component_sums,
     label_extents,
     split_components,
@@ -238,8 +239,7 @@ def _hierarchy(
         sums = component_sums(components, n, rgb, index, lab)
         del index
         # The cluster of each component: every pixel of a component has the same one.
-        owner = np.zeros(n, dtype=np.int64)
-        owner[components.ravel()] = clusters.ravel()
+        owner = component_owners(components, clusters, n)
         pairs = touching.result()
     floor = settings.min_share * clusters.size
     folded, m = fold_small(sums.counts, sums.values[:, 3:] / sums.counts[:, None], pairs, floor)

@@ -14,6 +14,7 @@ from pipeline.render import (
     SEGMENT_COLUMNS,
     decode_png,
     encode_png,
+    encode_segmented_png,
     neighbours_jpeg,
     preview_jpeg,
     segment,
@@ -77,7 +78,7 @@ def _segmented(inputs: Inputs) -> Computed:
     centres = [centres_for(swept(inputs), k) for k in ks]
     strip = neighbours_jpeg(rgb, centres, inputs.settings, height=170)
     files = {
-        SEGMENTED_FILE: encode_png(seg.segmented),
+        SEGMENTED_FILE: encode_segmented_png(seg),
         PREVIEW_FILE: preview,
         NEIGHBOURS_FILE: strip,
     }

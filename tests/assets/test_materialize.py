@@ -307,7 +307,7 @@ def test_checks_fail_on_deliberately_broken_outputs(
         result = real_segment(*args, **kwargs)
         labels = result.labels.copy()
         labels[labels == 0] = result.k  # a label outside 0..K-1, label 0 missing
-        return type(result)(labels, result.colours, result.segmented, result.k, result.wcss)
+        return type(result)(labels, result.colours, result.k, result.wcss)
 
     monkeypatch.setattr(seg_module, "segment", broken_segment)
     key = write_image(incoming, "a.png")

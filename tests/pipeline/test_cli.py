@@ -58,8 +58,9 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def read_png(path: Path) -> np.ndarray:
+    """A PNG's pixels; a palette PNG (the segmented image) as the RGB it shows."""
     with Image.open(path) as image:
-        return np.asarray(image).copy()
+        return np.asarray(image.convert("RGB") if image.mode == "P" else image).copy()
 
 
 def read_jpeg(path: Path) -> np.ndarray:

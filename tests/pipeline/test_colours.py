@@ -111,6 +111,18 @@ def test_histogram_of_a_single_colour_image():
     np.testing.assert_array_equal(hist.pixel_index(rgb), np.zeros((7, 5)))
 
 
+def test_a_histogram_without_its_index_maps_pixels_the_same(photo):
+    rgb = photo("coffee")
+    hist = colour_histogram(rgb)
+    lab = hist.features("lab")
+    light = hist.without_index()
+    assert light.index is None and hist.index is not None
+    assert light.features("lab") is lab  # converted colours are shared, not redone
+    np.testing.assert_array_equal(light.pixel_index(rgb), hist.pixel_index(rgb))
+    values = np.arange(hist.n_colours, dtype=np.int32) % 7
+    np.testing.assert_array_equal(light.broadcast(rgb, values), hist.broadcast(rgb, values))
+
+
 # --- large images (>= 2 million pixels: the 2**24 lookup-table path) --------------------------
 
 

@@ -66,6 +66,35 @@ def test_split_components_numbers_pieces_in_raster_order():
     assert components.tolist() == [[0, 1, 2], [0, 1, 1], [3, 3, 4]]
 
 
+def _brute_force_pairs(components: np.ndarray) -> list[list[int]]:
+    pairs = set()
+    for a, b in ((components[:, :-1], components[:, 1:]), (components[:-1], components[1:])):
+        differ = a != b
+        pairs |= {(min(x, y), max(x, y)) for x, y in zip(a[differ], b[differ], strict=True)}
+    return [list(p) for p in sorted(pairs)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_strips_and_blocks_give_the_whole_image_labelling(monkeypatch, seed):
+    """split_components labels strips and joins the pieces across the seams; adjacent_pairs
+    works in overlapping row blocks: both must agree with one pass over the whole map,
+    including pieces that wind across several seams and one-row strips."""
+    import pipeline.components
+
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(5, 70, size=2)
+    clusters = rng.integers(0, 3, size=(height, width))
+    if seed % 2:  # long vertical runs, so pieces cross many seams
+        clusters = np.repeat(clusters[: height // 4 + 1], 4, axis=0)[:height]
+    monkeypatch.setattr(pipeline.components, "_STRIP", int(width * rng.integers(1, 6)))
+    monkeypatch.setattr(pipeline.components, "_BLOCK", int(width * rng.integers(2, 6)))
+    components, n = split_components(clusters)
+    whole, m = connected(clusters, background=-1, connectivity=1, return_num=True)
+    assert n == m
+    np.testing.assert_array_equal(components, whole - 1)
+    assert adjacent_pairs(components, n).tolist() == _brute_force_pairs(components)
+
+
 def test_adjacent_pairs_are_the_touching_pieces():
     components = np.array([[0, 1, 2], [0, 1, 1], [3, 3, 4]], dtype=np.int32)
     expected = [[0, 1], [0, 3], [1, 2], [1, 3], [1, 4], [3, 4]]

@@ -22,6 +22,7 @@ from pipeline.render import (
     decode_png,
     encode_jpeg,
     encode_png,
+    encode_segmented_png,
     neighbours_jpeg,
     preview_jpeg,
     segment,
@@ -273,6 +274,29 @@ def test_png_round_trip_of_real_labels(coffee):
     _, _, _, seg, _ = coffee
     np.testing.assert_array_equal(decode_png(encode_png(seg.labels)), seg.labels)
     np.testing.assert_array_equal(decode_png(encode_png(seg.segmented)), seg.segmented)
+
+
+def test_the_segmented_png_is_a_palette_of_the_segment_colours(coffee):
+    _, _, _, seg, _ = coffee
+    data = encode_segmented_png(seg)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG" and image.mode == "P"
+        np.testing.assert_array_equal(np.asarray(image), seg.labels)  # the indices
+        np.testing.assert_array_equal(np.asarray(image.convert("RGB")), seg.segmented)
+    np.testing.assert_array_equal(decode_png(data), seg.segmented)
+
+
+def test_more_than_256_segments_give_an_rgb_segmented_png():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+    flat = rgb.reshape(-1, 3)
+    centres = np.unique(flat[rng.choice(flat.shape[0], 300, replace=False)], axis=0)
+    seg = segment(rgb, centres.astype(np.float64), SegmentSettings(features="rgb"))
+    assert seg.k > 256
+    data = encode_segmented_png(seg)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "RGB"
+    np.testing.assert_array_equal(decode_png(data), seg.segmented)
 
 
 def test_full_size_jpeg_keeps_one_pixel_magenta_lines(coffee):
